@@ -1,0 +1,1 @@
+//! parapet-auth: under construction.

@@ -1,0 +1,738 @@
+//! A request body that can be sent again.
+
+use std::any::Any;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// The error type of bodies in the parapet stack.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Default cap on how much of a streamed body is kept for a replay: 64 KiB.
+pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
+
+/// A request body that streams its frames through unchanged while keeping a
+/// copy, so that the same request can be sent again.
+///
+/// - Bodies already in memory ([`ReplayBody::from_bytes`], `From<Bytes>`,
+///   `From<String>`, `From<Vec<u8>>`, `From<&'static str>`, [`ReplayBody::empty`])
+///   replay for free, with no copy and no cap.
+/// - A streamed body ([`ReplayBody::new`]) is recorded as it is sent, up to a
+///   byte cap. Recording clones each `Bytes` frame (a reference count, not a
+///   copy). Past the cap the recording is dropped, the attempt in flight
+///   streams on unaffected, and [`try_replay`](Self::try_replay) is refused
+///   with [`ReplayError::too_large`](ReplayError::is_too_large).
+/// - [`ReplayBody::new`] given a `ReplayBody` returns it as it is, so layers
+///   that each may need a replay share one recording per call: the outermost
+///   arms it, the inner ones reuse it.
+///
+/// A replay yields byte-identical data frames and the same trailers. It may
+/// be taken before the first attempt has read the whole body (a connection
+/// that failed mid-upload): it replays what was recorded, then reads on from
+/// the original stream.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, StreamBody};
+/// use parapet_core::ReplayBody;
+///
+/// let chunks = vec![Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from("hello ")))
+///                   , Ok(http_body::Frame::data(Bytes::from("world")))];
+/// let streamed = StreamBody::new(futures_util_stream(chunks));
+/// let first = ReplayBody::new(streamed, 1024);
+/// let second = first.try_replay().unwrap();
+/// assert_eq!(first.collect().await.unwrap().to_bytes(), "hello world");
+/// assert_eq!(second.collect().await.unwrap().to_bytes(), "hello world");
+/// # }
+/// # fn futures_util_stream<T>(v: Vec<T>) -> impl futures_core::Stream<Item = T> {
+/// #     struct Iter<T>(std::vec::IntoIter<T>);
+/// #     impl<T> Unpin for Iter<T> {}
+/// #     impl<T> futures_core::Stream for Iter<T> {
+/// #         type Item = T;
+/// #         fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+/// #             std::task::Poll::Ready(self.0.next())
+/// #         }
+/// #     }
+/// #     Iter(v.into_iter())
+/// # }
+/// ```
+pub struct ReplayBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>, Bytes),
+    Shared(Handle),
+}
+
+struct Handle {
+    state: Arc<Mutex<State>>,
+    /// Data frames this handle has yielded.
+    pos: usize,
+    trailers_sent: bool,
+    done: bool,
+}
+
+struct State {
+    body: Option<UnsyncBoxBody<Bytes, BoxError>>,
+    frames: Vec<Bytes>,
+    /// Data frames the original stream has produced so far.
+    produced: usize,
+    recorded: usize,
+    cap: usize,
+    overflowed: bool,
+    failed: bool,
+    ended: bool,
+    trailers: Option<HeaderMap>,
+}
+
+impl ReplayBody {
+    /// Wraps a body so that it can be replayed, keeping at most `cap` bytes.
+    ///
+    /// A `ReplayBody` is returned as it is (its own cap kept); a body that is
+    /// already at its end becomes [`ReplayBody::empty`], with no allocation.
+    pub fn new<B>(body: B, cap: usize) -> Self
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut slot = Some(body);
+        if let Some(existing) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Self>>() {
+            if let Some(existing) = existing.take() {
+                return existing;
+            }
+        }
+        let Some(body) = slot else {
+            return Self::empty();
+        };
+        if body.is_end_stream() {
+            return Self::empty();
+        }
+        let boxed = ToBytes { inner: body }.boxed_unsync();
+        Self {
+            kind: Kind::Shared(Handle {
+                state: Arc::new(Mutex::new(State {
+                    body: Some(boxed),
+                    frames: Vec::new(),
+                    produced: 0,
+                    recorded: 0,
+                    cap,
+                    overflowed: false,
+                    failed: false,
+                    ended: false,
+                    trailers: None,
+                })),
+                pos: 0,
+                trailers_sent: false,
+                done: false,
+            }),
+        }
+    }
+
+    /// An empty body.
+    #[must_use]
+    pub const fn empty() -> Self {
+        Self { kind: Kind::Empty }
+    }
+
+    /// A body held in memory; replays share the same bytes.
+    #[must_use]
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            return Self::empty();
+        }
+        Self {
+            kind: Kind::Full(Some(bytes.clone()), bytes),
+        }
+    }
+
+    /// A body that yields the same frames again from the start.
+    ///
+    /// # Errors
+    ///
+    /// When the recording was dropped because the body passed its cap, or the
+    /// original stream failed before it ended.
+    pub fn try_replay(&self) -> Result<Self, ReplayError> {
+        match &self.kind {
+            Kind::Empty => Ok(Self::empty()),
+            Kind::Full(_, all) => Ok(Self {
+                kind: Kind::Full(Some(all.clone()), all.clone()),
+            }),
+            Kind::Shared(h) => {
+                let state = lock(&h.state);
+                if state.overflowed {
+                    return Err(ReplayError(ReplayErrorKind::TooLarge { cap: state.cap }));
+                }
+                if state.failed {
+                    return Err(ReplayError(ReplayErrorKind::Failed));
+                }
+                drop(state);
+                Ok(Self {
+                    kind: Kind::Shared(Handle {
+                        state: Arc::clone(&h.state),
+                        pos: 0,
+                        trailers_sent: false,
+                        done: false,
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Whether [`try_replay`](Self::try_replay) would succeed now.
+    #[must_use]
+    pub fn can_replay(&self) -> bool {
+        match &self.kind {
+            Kind::Empty | Kind::Full(..) => true,
+            Kind::Shared(h) => {
+                let state = lock(&h.state);
+                !state.overflowed && !state.failed
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Turns any body into one of `Bytes` frames, keeping its size hint
+    /// (`map_frame` would drop it).
+    struct ToBytes<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> Body for ToBytes<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().inner.poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(f))) => {
+                Poll::Ready(Some(Ok(f.map_data(|mut d| d.copy_to_bytes(d.remaining())))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic elsewhere while the lock was held leaves the state consistent
+    // (every update is a single assignment), so poisoning is ignored.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Handle {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        if self.pos < state.produced {
+            // Behind the original stream: replay from the recording.
+            let Some(data) = state
+                .frames
+                .get(self.pos)
+                .cloned()
+                .filter(|_| !state.overflowed)
+            else {
+                self.done = true;
+                return Poll::Ready(Some(Err(ReplayError(ReplayErrorKind::TooLarge {
+                    cap: state.cap,
+                })
+                .into())));
+            };
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = state.trailers.as_ref().filter(|_| !self.trailers_sent) {
+            self.trailers_sent = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
+        }
+        if state.failed {
+            self.done = true;
+            return Poll::Ready(Some(Err(ReplayError(ReplayErrorKind::Failed).into())));
+        }
+        let Some(body) = state.body.as_mut() else {
+            self.done = true;
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                state.body = None;
+                state.ended = true;
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                state.body = None;
+                state.failed = true;
+                state.frames = Vec::new();
+                self.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    state.produced += 1;
+                    self.pos += 1;
+                    if !state.overflowed {
+                        if state.recorded.saturating_add(data.len()) > state.cap {
+                            state.overflowed = true;
+                            state.frames = Vec::new();
+                        } else {
+                            state.recorded += data.len();
+                            state.frames.push(data.clone());
+                        }
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        state.trailers = Some(trailers.clone());
+                        self.trailers_sent = true;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.done {
+            return true;
+        }
+        let state = lock(&self.state);
+        self.pos >= state.produced
+            && (state.trailers.is_none() || self.trailers_sent)
+            && (state.ended || state.body.as_ref().is_some_and(Body::is_end_stream))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let state = lock(&self.state);
+        let replayed: u64 = state
+            .frames
+            .get(self.pos..)
+            .map_or(0, |rest| rest.iter().map(|b| b.len() as u64).sum());
+        let rest = state
+            .body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(replayed));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(replayed));
+        }
+        hint
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(next, _) => Poll::Ready(next.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Shared(h) => h.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty | Kind::Full(None, _) => true,
+            Kind::Full(Some(_), _) => false,
+            Kind::Shared(h) => h.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty | Kind::Full(None, _) => SizeHint::with_exact(0),
+            Kind::Full(Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            Kind::Shared(h) => h.size_hint(),
+        }
+    }
+}
+
+impl Default for ReplayBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl From<Bytes> for ReplayBody {
+    fn from(b: Bytes) -> Self {
+        Self::from_bytes(b)
+    }
+}
+
+impl From<Vec<u8>> for ReplayBody {
+    fn from(v: Vec<u8>) -> Self {
+        Self::from_bytes(Bytes::from(v))
+    }
+}
+
+impl From<String> for ReplayBody {
+    fn from(s: String) -> Self {
+        Self::from_bytes(Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for ReplayBody {
+    fn from(s: &'static str) -> Self {
+        Self::from_bytes(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl fmt::Debug for ReplayBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never prints the bytes: a body may carry credentials.
+        match &self.kind {
+            Kind::Empty => f.write_str("ReplayBody::Empty"),
+            Kind::Full(_, all) => f
+                .debug_struct("ReplayBody::Full")
+                .field("len", &all.len())
+                .finish(),
+            Kind::Shared(h) => {
+                let state = lock(&h.state);
+                f.debug_struct("ReplayBody::Streamed")
+                    .field("recorded", &state.recorded)
+                    .field("cap", &state.cap)
+                    .field("replayable", &(!state.overflowed && !state.failed))
+                    .finish()
+            }
+        }
+    }
+}
+
+/// Why a body cannot be sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayError(ReplayErrorKind);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReplayErrorKind {
+    TooLarge { cap: usize },
+    Failed,
+}
+
+impl ReplayError {
+    /// The body passed its replay cap.
+    #[must_use]
+    pub fn is_too_large(&self) -> bool {
+        matches!(self.0, ReplayErrorKind::TooLarge { .. })
+    }
+
+    /// The original body stream failed, so there is no whole body to replay.
+    #[must_use]
+    pub fn is_failed(&self) -> bool {
+        matches!(self.0, ReplayErrorKind::Failed)
+    }
+
+    /// The cap that was passed, for [`is_too_large`](Self::is_too_large).
+    #[must_use]
+    pub fn cap(&self) -> Option<usize> {
+        match self.0 {
+            ReplayErrorKind::TooLarge { cap } => Some(cap),
+            ReplayErrorKind::Failed => None,
+        }
+    }
+}
+
+impl fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            ReplayErrorKind::TooLarge { cap } => {
+                write!(
+                    f,
+                    "request body is larger than the replay cap of {cap} bytes"
+                )
+            }
+            ReplayErrorKind::Failed => {
+                f.write_str("request body stream failed, so it cannot be replayed")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    /// A body from a script of frames; it counts how often it was polled.
+    struct Script {
+        frames: VecDeque<Result<Frame<Bytes>, &'static str>>,
+        hint: Option<u64>,
+    }
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.frames.pop_front().map(|r| r.map_err(Into::into)))
+        }
+        fn size_hint(&self) -> SizeHint {
+            self.hint.map_or_else(SizeHint::new, SizeHint::with_exact)
+        }
+    }
+
+    fn script(parts: &[&'static str], trailers: bool) -> Script {
+        let mut frames: VecDeque<_> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        if trailers {
+            let mut t = HeaderMap::new();
+            t.insert("checksum", "abc".parse().unwrap());
+            frames.push_back(Ok(Frame::trailers(t)));
+        }
+        Script {
+            frames,
+            hint: Some(parts.iter().map(|p| p.len() as u64).sum()),
+        }
+    }
+
+    async fn frames(body: ReplayBody) -> (Vec<Bytes>, Option<HeaderMap>) {
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (vec![collected.to_bytes()], trailers)
+    }
+
+    async fn data_frames(mut body: ReplayBody) -> Result<Vec<Bytes>, BoxError> {
+        let mut out = Vec::new();
+        while let Some(f) = body.frame().await {
+            if let Ok(d) = f?.into_data() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn replay_yields_identical_frames_and_trailers() {
+        let first = ReplayBody::new(script(&["ab", "cd", "ef"], true), 1024);
+        let replay = first.try_replay().unwrap();
+        let a = frames(first).await;
+        let b = frames(replay).await;
+        assert_eq!(a.0, vec![Bytes::from("abcdef")]);
+        assert_eq!(a, b);
+        assert_eq!(b.1.unwrap()["checksum"], "abc");
+    }
+
+    #[tokio::test]
+    async fn frame_boundaries_are_kept() {
+        let first = ReplayBody::new(script(&["ab", "cd"], false), 1024);
+        let replay = first.try_replay().unwrap();
+        assert_eq!(data_frames(first).await.unwrap(), ["ab", "cd"]);
+        assert_eq!(data_frames(replay).await.unwrap(), ["ab", "cd"]);
+    }
+
+    #[tokio::test]
+    async fn replay_taken_after_the_first_attempt_finished() {
+        let first = ReplayBody::new(script(&["x", "y"], false), 1024);
+        let keeper = first.try_replay().unwrap();
+        assert_eq!(data_frames(first).await.unwrap(), ["x", "y"]);
+        let again = keeper.try_replay().unwrap();
+        assert_eq!(data_frames(again).await.unwrap(), ["x", "y"]);
+        assert_eq!(data_frames(keeper).await.unwrap(), ["x", "y"]);
+    }
+
+    #[tokio::test]
+    async fn replay_of_a_partly_sent_body_reads_on_from_the_original() {
+        let mut first = ReplayBody::new(script(&["1", "2", "3"], false), 1024);
+        let replay = first.try_replay().unwrap();
+        let got = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(got, "1");
+        drop(first); // the attempt failed mid-upload
+        assert_eq!(data_frames(replay).await.unwrap(), ["1", "2", "3"]);
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_the_first_attempt_is_unaffected_and_replay_is_refused() {
+        let first = ReplayBody::new(script(&["12345", "67890"], false), 8);
+        let early = first.try_replay().unwrap();
+        assert_eq!(data_frames(first).await.unwrap(), ["12345", "67890"]);
+        let err = early.try_replay().unwrap_err();
+        assert!(err.is_too_large());
+        assert_eq!(err.cap(), Some(8));
+        assert_eq!(
+            err.to_string(),
+            "request body is larger than the replay cap of 8 bytes"
+        );
+        // A handle taken before the overflow fails loudly instead of
+        // yielding a truncated body.
+        let e = data_frames(early).await.unwrap_err();
+        assert!(e.downcast_ref::<ReplayError>().unwrap().is_too_large());
+    }
+
+    #[tokio::test]
+    async fn a_body_exactly_at_the_cap_replays() {
+        let first = ReplayBody::new(script(&["1234", "5678"], false), 8);
+        let replay = first.try_replay().unwrap();
+        data_frames(first).await.unwrap();
+        assert!(replay.can_replay());
+        assert_eq!(data_frames(replay).await.unwrap(), ["1234", "5678"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_stream_cannot_be_replayed() {
+        let mut s = script(&["a"], false);
+        s.frames.push_back(Err("boom"));
+        let first = ReplayBody::new(s, 1024);
+        let handle = first.try_replay().unwrap();
+        let err = data_frames(first).await.unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert!(handle.try_replay().unwrap_err().is_failed());
+        assert!(!handle.can_replay());
+    }
+
+    #[tokio::test]
+    async fn wrapping_a_replay_body_reuses_it() {
+        let inner = ReplayBody::new(script(&["abc"], false), 1);
+        let outer = ReplayBody::new(inner, 1024);
+        // The inner cap of 1 byte still applies: one recording per call.
+        let keeper = outer.try_replay().unwrap();
+        data_frames(outer).await.unwrap();
+        assert!(keeper.try_replay().unwrap_err().is_too_large());
+    }
+
+    #[tokio::test]
+    async fn bodies_in_memory_replay_without_a_cap() {
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let body = ReplayBody::from(big.clone());
+        let replay = body.try_replay().unwrap();
+        assert_eq!(body.size_hint().exact(), Some(1 << 20));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), big);
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), big);
+    }
+
+    #[tokio::test]
+    async fn empty_bodies_need_no_recording() {
+        let body = ReplayBody::new(http_body_util::Empty::<Bytes>::new(), 0);
+        assert!(matches!(body.kind, Kind::Empty));
+        assert!(body.is_end_stream());
+        let full = ReplayBody::new(Full::new(Bytes::from_static(b"hi")), 1024);
+        assert!(!full.is_end_stream());
+        assert_eq!(full.size_hint().exact(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn size_hints_are_preserved() {
+        let first = ReplayBody::new(script(&["ab", "cde"], false), 1024);
+        assert_eq!(first.size_hint().exact(), Some(5));
+        let replay = first.try_replay().unwrap();
+        data_frames(first).await.unwrap();
+        assert_eq!(replay.size_hint().exact(), Some(5));
+        assert!(!replay.is_end_stream());
+        let mut unknown = script(&["x"], false);
+        unknown.hint = None;
+        let b = ReplayBody::new(unknown, 10);
+        assert_eq!(b.size_hint().upper(), None);
+    }
+
+    #[tokio::test]
+    async fn end_of_stream_is_reported_after_the_last_frame() {
+        let mut first = ReplayBody::new(script(&["a"], true), 1024);
+        assert!(!first.is_end_stream());
+        while first.frame().await.is_some() {}
+        assert!(first.is_end_stream());
+        let replay = first.try_replay().unwrap();
+        assert!(
+            !replay.is_end_stream(),
+            "the replay still has a frame and trailers to give"
+        );
+    }
+
+    #[tokio::test]
+    async fn debug_never_prints_the_bytes() {
+        let body = ReplayBody::from("secret-token-123");
+        let streamed = ReplayBody::new(script(&["secret-token-123"], false), 64);
+        assert!(!format!("{body:?}{streamed:?}").contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn works_with_generic_streams() {
+        let stream =
+            futures_util_like(vec![Ok::<_, std::io::Error>(Frame::data(Bytes::from("z")))]);
+        let body = ReplayBody::new(StreamBody::new(stream), 16);
+        let replay = body.try_replay().unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "z");
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), "z");
+    }
+
+    fn futures_util_like<T: Unpin>(v: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
+        struct Iter<T>(std::vec::IntoIter<T>);
+        impl<T: Unpin> futures_core::Stream for Iter<T> {
+            type Item = T;
+            fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
+                Poll::Ready(self.0.next())
+            }
+        }
+        Iter(v.into_iter())
+    }
+
+    proptest! {
+        #[test]
+        fn replays_are_byte_identical(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16), cap in 0usize..600) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async move {
+                let total: usize = chunks.iter().map(Vec::len).sum();
+                let frames = chunks.iter().map(|c| Ok(Frame::data(Bytes::from(c.clone())))).collect();
+                let first = ReplayBody::new(Script { frames, hint: None }, cap);
+                let replay = first.try_replay().unwrap();
+                let sent = first.collect().await.unwrap().to_bytes();
+                prop_assert_eq!(sent.len(), total);
+                match replay.try_replay() {
+                    Ok(again) => {
+                        prop_assert!(total <= cap);
+                        prop_assert_eq!(again.collect().await.unwrap().to_bytes(), sent);
+                    }
+                    Err(e) => {
+                        prop_assert!(total > cap);
+                        prop_assert!(e.is_too_large());
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}

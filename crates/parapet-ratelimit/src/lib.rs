@@ -1,0 +1,1 @@
+//! parapet-ratelimit: under construction.

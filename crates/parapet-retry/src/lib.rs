@@ -1,0 +1,1 @@
+//! parapet-retry: under construction.

@@ -1,0 +1,1 @@
+//! parapet-testkit: under construction.

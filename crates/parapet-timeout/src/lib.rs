@@ -1,0 +1,1 @@
+//! parapet-timeout: under construction.

@@ -1,0 +1,1 @@
+//! parapet-trace: under construction.
