@@ -1,7 +1,24 @@
 //! parapet: resilient outbound HTTP API clients from independent `tower`
 //! layers.
 //!
-//! This facade re-exports the shared vocabulary; the layer crates and the
-//! `ClientBuilder` arrive in it as they land.
+//! [`ClientBuilder`] assembles the recommended stack over hyper-util and
+//! rustls; [`Client`] gives the convenient API (`get`, `post`, `json`, ...)
+//! and is a `tower::Service` for your own layers.
+
+mod body;
+mod builder;
+mod classify;
+mod client;
+mod error;
+mod response;
+mod stack;
+mod transport;
+
+pub use body::{Body, BytesStream, NdjsonStream};
+pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
+pub use client::{Client, RequestBuilder, ResponseFuture};
+pub use error::{Error, InvalidConfig};
+pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
+pub use transport::{Certificate, Identity};
 
 pub use parapet_core as core;

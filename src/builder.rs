@@ -1,0 +1,238 @@
+//! [`ClientBuilder`]: the recommended stack with safe defaults.
+
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, USER_AGENT};
+use http::{HeaderMap, Uri};
+use parapet_core::DEFAULT_REPLAY_CAP;
+
+use crate::client::{Client, Shared};
+use crate::error::InvalidConfig;
+use crate::stack::LayerConfig;
+use crate::transport::{Certificate, Identity, TransportConfig};
+
+/// The `User-Agent` sent unless another is set: `parapet/<version>`.
+pub const DEFAULT_USER_AGENT: &str = concat!("parapet/", env!("CARGO_PKG_VERSION"));
+
+/// Builds a [`Client`]: the recommended stack of layers over hyper-util and
+/// rustls, with safe defaults. Every setter says its default.
+///
+/// Settings are checked once, in [`build`](Self::build), which fails with a
+/// typed [`InvalidConfig`] for an inconsistent configuration (an attempt
+/// timeout longer than the deadline, zero attempts, a base URL that is not
+/// absolute, ...).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let client = parapet::Client::builder()
+///     .base_url("https://api.example.com/v1")
+///     .deadline(Duration::from_secs(10))
+///     .attempt_timeout(Duration::from_secs(3))
+///     .build()
+///     .unwrap();
+/// # drop(client);
+///
+/// // Inconsistent settings are refused, not silently fixed.
+/// let err = parapet::Client::builder()
+///     .deadline(Duration::from_secs(1))
+///     .attempt_timeout(Duration::from_secs(5))
+///     .build()
+///     .unwrap_err();
+/// assert!(err.message().contains("attempt timeout"));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    base_url: Option<String>,
+    default_headers: HeaderMap,
+    header_error: Option<String>,
+    transport: TransportConfig,
+    replay_cap: usize,
+    pub(crate) layers: LayerConfig,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientBuilder {
+    /// The defaults described on each setter.
+    pub fn new() -> Self {
+        let mut default_headers = HeaderMap::new();
+        default_headers.insert(USER_AGENT, HeaderValue::from_static(DEFAULT_USER_AGENT));
+        Self {
+            base_url: None,
+            default_headers,
+            header_error: None,
+            transport: TransportConfig::default(),
+            replay_cap: DEFAULT_REPLAY_CAP,
+            layers: LayerConfig::default(),
+        }
+    }
+
+    /// The URL that relative request paths are resolved against, like
+    /// `https://api.example.com/v1`. Default: none (every request needs an
+    /// absolute URL).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// A header added to every request that does not set it itself.
+    /// Default: only `User-Agent: parapet/<version>`.
+    pub fn default_header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        V: TryInto<HeaderValue>,
+    {
+        match (name.try_into(), value.try_into()) {
+            (Ok(n), Ok(v)) => {
+                self.default_headers.insert(n, v);
+            }
+            _ => self.header_error = Some("a default header has an invalid name or value".into()),
+        }
+        self
+    }
+
+    /// The `User-Agent`. Default: `parapet/<version>`.
+    pub fn user_agent(self, value: impl TryInto<HeaderValue>) -> Self {
+        self.default_header(USER_AGENT, value)
+    }
+
+    /// The bound on opening a TCP connection (and, for `https`, not the TLS
+    /// handshake, which the attempt timeout covers). `None` disables it.
+    /// Default: 5 s.
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.transport.connect_timeout = timeout.into();
+        self
+    }
+
+    /// How long an idle pooled connection is kept. `None` keeps it until the
+    /// server closes it. Default: 30 s, below the 60 s and 75 s keep-alive
+    /// timeouts of common load balancers, so we close first.
+    pub fn pool_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.transport.pool_idle_timeout = timeout.into();
+        self
+    }
+
+    /// The most idle connections kept per host. Default: 32.
+    pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
+        self.transport.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// TCP keepalive probes on idle connections. `None` disables them.
+    /// Default: 60 s.
+    pub fn tcp_keepalive(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.transport.tcp_keepalive = interval.into();
+        self
+    }
+
+    /// `TCP_NODELAY`. Default: on (requests are small and latency matters).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.transport.tcp_nodelay = on;
+        self
+    }
+
+    /// Offer HTTP/2 by ALPN on TLS connections. Default: on (plain `http`
+    /// connections always use HTTP/1.1).
+    pub fn http2(mut self, on: bool) -> Self {
+        self.transport.http2 = on;
+        self
+    }
+
+    /// Refuse plain `http` URLs. Default: off.
+    pub fn https_only(mut self, on: bool) -> Self {
+        self.transport.https_only = on;
+        self
+    }
+
+    /// Trust the built-in webpki (Mozilla) roots. Default: on.
+    pub fn webpki_roots(mut self, on: bool) -> Self {
+        self.transport.webpki_roots = on;
+        self
+    }
+
+    /// Trust one more root certificate (a private CA). Default: none.
+    pub fn add_root_certificate(mut self, cert: Certificate) -> Self {
+        self.transport.roots.push(cert);
+        self
+    }
+
+    /// A client certificate and key for mutual TLS. Default: none.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.transport.identity = Some(identity);
+        self
+    }
+
+    /// How many bytes of a streamed request body are kept so that it can be
+    /// sent again (by retry or after a 401). Bodies given as bytes, JSON or
+    /// forms are always replayable. Default: 64 KiB.
+    pub fn replay_cap(mut self, bytes: usize) -> Self {
+        self.replay_cap = bytes;
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidConfig`] when a setting is out of range or the settings
+    /// contradict each other.
+    pub fn build(self) -> Result<Client, InvalidConfig> {
+        let transport = self.transport.build()?;
+        self.build_with(transport)
+    }
+
+    /// Builds the client over another innermost service instead of
+    /// hyper-util (an in-process service for tests and benchmarks, say).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_with<S, B>(self, transport: S) -> Result<Client, InvalidConfig>
+    where
+        S: tower::Service<http::Request<parapet_core::ReplayBody>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<parapet_core::BoxError>,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<parapet_core::BoxError>,
+    {
+        if let Some(e) = self.header_error {
+            return Err(InvalidConfig::new(e));
+        }
+        let base = match self.base_url {
+            None => None,
+            Some(url) => {
+                let uri: Uri = url
+                    .parse()
+                    .map_err(|e| InvalidConfig::new(format!("base URL is not a valid URL: {e}")))?;
+                if uri.scheme().is_none() || uri.authority().is_none() {
+                    return Err(InvalidConfig::new(
+                        "base URL must be absolute, like https://host/path",
+                    ));
+                }
+                if uri.query().is_some() {
+                    return Err(InvalidConfig::new("base URL must not have a query"));
+                }
+                Some(uri)
+            }
+        };
+        let stack = self.layers.assemble(transport)?;
+        Ok(Client::from_parts(
+            stack,
+            Shared {
+                base,
+                default_headers: self.default_headers,
+                replay_cap: self.replay_cap,
+            },
+        ))
+    }
+}

@@ -1,0 +1,430 @@
+//! The client and its request builder.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri};
+use http_body::Body as HttpBody;
+use parapet_core::{BoxError, Deadline, Idempotency, IdempotencyKey, ReplayBody};
+use serde::Serialize;
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::response::Response;
+
+pub(crate) type Stack = BoxCloneSyncService<Request<ReplayBody>, http::Response<Body>, BoxError>;
+
+/// A resilient HTTP client: the recommended stack of parapet layers over
+/// hyper-util, built by [`ClientBuilder`](crate::ClientBuilder).
+///
+/// `Clone + Send + Sync` and cheap to clone (the shared state is behind
+/// `Arc`s): hand clones to tasks and to axum state freely.
+///
+/// Two ways to use it:
+/// - the convenience API: [`get`](Self::get), [`post`](Self::post), ...,
+///   [`request`](Self::request) give a [`RequestBuilder`] whose
+///   [`send`](RequestBuilder::send) returns a [`Response`];
+/// - as a `tower::Service<http::Request<B>>`, to add your own layers on top.
+///   Relative URIs are resolved against the base URL and the default headers
+///   are added in both cases.
+#[derive(Clone)]
+pub struct Client {
+    stack: Stack,
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) base: Option<Uri>,
+    pub(crate) default_headers: HeaderMap,
+    pub(crate) replay_cap: usize,
+}
+
+impl Client {
+    pub(crate) fn from_parts(stack: Stack, shared: Shared) -> Self {
+        Self {
+            stack,
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// A client with the default configuration; see
+    /// [`ClientBuilder`](crate::ClientBuilder) for what that is.
+    ///
+    /// # Errors
+    ///
+    /// Never with the defaults; the signature matches
+    /// [`ClientBuilder::build`](crate::ClientBuilder::build).
+    pub fn new() -> Result<Self, crate::InvalidConfig> {
+        crate::ClientBuilder::new().build()
+    }
+
+    /// A builder to configure a client.
+    #[must_use]
+    pub fn builder() -> crate::ClientBuilder {
+        crate::ClientBuilder::new()
+    }
+
+    /// Starts a request with any method. `url` is a path resolved against
+    /// the base URL, or an absolute URL.
+    #[must_use]
+    pub fn request(&self, method: Method, url: &str) -> RequestBuilder {
+        let uri = self.resolve(url);
+        RequestBuilder {
+            client: self.clone(),
+            parts: uri.map(|uri| {
+                let mut req = Request::new(());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                req
+            }),
+            body: ReplayBody::empty(),
+        }
+    }
+
+    /// Starts a GET.
+    #[must_use]
+    pub fn get(&self, url: &str) -> RequestBuilder {
+        self.request(Method::GET, url)
+    }
+
+    /// Starts a POST.
+    #[must_use]
+    pub fn post(&self, url: &str) -> RequestBuilder {
+        self.request(Method::POST, url)
+    }
+
+    /// Starts a PUT.
+    #[must_use]
+    pub fn put(&self, url: &str) -> RequestBuilder {
+        self.request(Method::PUT, url)
+    }
+
+    /// Starts a PATCH.
+    #[must_use]
+    pub fn patch(&self, url: &str) -> RequestBuilder {
+        self.request(Method::PATCH, url)
+    }
+
+    /// Starts a DELETE.
+    #[must_use]
+    pub fn delete(&self, url: &str) -> RequestBuilder {
+        self.request(Method::DELETE, url)
+    }
+
+    fn resolve(&self, url: &str) -> Result<Uri, Error> {
+        let uri: Uri = url.parse().map_err(Error::request)?;
+        self.absolute(uri)
+    }
+
+    fn absolute(&self, uri: Uri) -> Result<Uri, Error> {
+        if uri.scheme().is_some() {
+            return Ok(uri);
+        }
+        let Some(base) = &self.shared.base else {
+            return Err(Error::request(format!(
+                "relative URL {uri} and no base URL is configured"
+            )));
+        };
+        let base_path = base.path().trim_end_matches('/');
+        let path_and_query = uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        let sep = if path_and_query.starts_with('/') {
+            ""
+        } else {
+            "/"
+        };
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = Some(
+            format!("{base_path}{sep}{path_and_query}")
+                .parse()
+                .map_err(Error::request)?,
+        );
+        Uri::from_parts(parts).map_err(Error::request)
+    }
+
+    fn prepare<B>(&self, req: Request<B>) -> Result<Request<ReplayBody>, Error>
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        if parts.uri.scheme().is_none() {
+            parts.uri = self.absolute(parts.uri)?;
+        }
+        for (name, value) in &self.shared.default_headers {
+            if !parts.headers.contains_key(name) {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+        }
+        Ok(Request::from_parts(
+            parts,
+            ReplayBody::new(body, self.shared.replay_cap),
+        ))
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.shared.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for Client
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.stack.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.prepare(req) {
+            Ok(req) => ResponseFuture {
+                inner: Inner::Call(self.stack.call(req)),
+            },
+            Err(e) => ResponseFuture {
+                inner: Inner::Failed(Some(e)),
+            },
+        }
+    }
+}
+
+/// The future of [`Client`]'s `Service::call`.
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture {
+    inner: Inner,
+}
+
+enum Inner {
+    Call(<Stack as Service<Request<ReplayBody>>>::Future),
+    Failed(Option<Error>),
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().inner {
+            Inner::Call(f) => f.as_mut().poll(cx),
+            Inner::Failed(e) => Poll::Ready(Err(match e.take() {
+                Some(e) => Box::new(e),
+                None => "response future polled after completion".into(),
+            })),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A request being put together; [`send`](Self::send) sends it.
+///
+/// Mistakes (an invalid header value, a query that does not serialize) are
+/// kept and returned by `send` as an [`Error`] for which
+/// [`is_request`](Error::is_request) is true; nothing panics.
+#[must_use = "a request does nothing until it is sent"]
+pub struct RequestBuilder {
+    client: Client,
+    parts: Result<Request<()>, Error>,
+    body: ReplayBody,
+}
+
+impl RequestBuilder {
+    fn with(mut self, f: impl FnOnce(&mut Request<()>) -> Result<(), Error>) -> Self {
+        if let Ok(req) = &mut self.parts {
+            if let Err(e) = f(req) {
+                self.parts = Err(e);
+            }
+        }
+        self
+    }
+
+    /// Adds a header (replacing one of the same name).
+    pub fn header<K, V>(self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: Into<http::Error>,
+        V: TryInto<HeaderValue>,
+        V::Error: Into<http::Error>,
+    {
+        self.with(|req| {
+            let name = name.try_into().map_err(|e| Error::request(e.into()))?;
+            let value = value.try_into().map_err(|e| Error::request(e.into()))?;
+            req.headers_mut().insert(name, value);
+            Ok(())
+        })
+    }
+
+    /// Adds every header of `headers` (replacing those of the same names).
+    pub fn headers(self, headers: HeaderMap) -> Self {
+        self.with(|req| {
+            for (name, value) in headers {
+                if let Some(name) = name {
+                    req.headers_mut().insert(name, value);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Appends query parameters serialized from `query` (a struct, a map or
+    /// a slice of pairs).
+    pub fn query<T: Serialize + ?Sized>(self, query: &T) -> Self {
+        self.with(|req| {
+            let encoded = serde_urlencoded::to_string(query).map_err(Error::request)?;
+            if encoded.is_empty() {
+                return Ok(());
+            }
+            let uri = req.uri().clone();
+            let path = uri.path();
+            let pq = match uri.query() {
+                Some(q) if !q.is_empty() => format!("{path}?{q}&{encoded}"),
+                _ => format!("{path}?{encoded}"),
+            };
+            let mut parts = uri.into_parts();
+            parts.path_and_query = Some(pq.parse().map_err(Error::request)?);
+            *req.uri_mut() = Uri::from_parts(parts).map_err(Error::request)?;
+            Ok(())
+        })
+    }
+
+    /// A JSON body (and `Content-Type: application/json`).
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => {
+                self.body = ReplayBody::from(bytes);
+                self.header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            }
+            Err(e) => {
+                self.parts = Err(Error::request(e));
+                self
+            }
+        }
+    }
+
+    /// A form body (and `Content-Type: application/x-www-form-urlencoded`).
+    pub fn form<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_urlencoded::to_string(value) {
+            Ok(s) => {
+                self.body = ReplayBody::from(s);
+                self.header(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                )
+            }
+            Err(e) => {
+                self.parts = Err(Error::request(e));
+                self
+            }
+        }
+    }
+
+    /// A body of bytes, as they are.
+    pub fn body(mut self, bytes: impl Into<Bytes>) -> Self {
+        self.body = ReplayBody::from_bytes(bytes.into());
+        self
+    }
+
+    /// A deadline for this call, retries and waits included. The earlier of
+    /// this and the client's deadline applies.
+    pub fn deadline(self, budget: Duration) -> Self {
+        self.with(|req| {
+            Deadline::after(budget).apply(req.extensions_mut());
+            Ok(())
+        })
+    }
+
+    /// Adds a fresh `Idempotency-Key` (unless one is set) and marks the
+    /// request as safe to retry: by asking for a key, the caller says the
+    /// API dedupes on it.
+    pub fn idempotency_key(self) -> Self {
+        self.with(|req| {
+            IdempotencyKey::ensure(req);
+            req.extensions_mut().insert(Idempotency::Idempotent);
+            Ok(())
+        })
+    }
+
+    /// Overrides whether this request may be retried: `true` marks it
+    /// idempotent whatever its method, `false` forbids any retry.
+    pub fn retry(self, allowed: bool) -> Self {
+        self.with(|req| {
+            req.extensions_mut().insert(if allowed {
+                Idempotency::Idempotent
+            } else {
+                Idempotency::NotIdempotent
+            });
+            Ok(())
+        })
+    }
+
+    /// Adds a value to the request's extensions, for custom layers.
+    pub fn extension<T: Clone + Send + Sync + 'static>(self, value: T) -> Self {
+        self.with(|req| {
+            req.extensions_mut().insert(value);
+            Ok(())
+        })
+    }
+
+    /// The request as it would be sent (before the client's default
+    /// headers and layers).
+    ///
+    /// # Errors
+    ///
+    /// When something given to the builder was invalid.
+    pub fn build(self) -> Result<Request<ReplayBody>, Error> {
+        let (parts, ()) = self.parts?.into_parts();
+        Ok(Request::from_parts(parts, self.body))
+    }
+
+    /// Sends the request through the whole stack.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the stack could not get through: see [`Error`]. A response
+    /// with an error status is not an error here; use
+    /// [`Response::error_for_status`].
+    pub async fn send(self) -> Result<Response, Error> {
+        let mut client = self.client.clone();
+        let req = self.build()?;
+        let req = client.prepare(req)?;
+        std::future::poll_fn(|cx| client.stack.poll_ready(cx))
+            .await
+            .map_err(crate::classify::classify)?;
+        match client.stack.call(req).await {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e) => Err(crate::classify::classify(e)),
+        }
+    }
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RequestBuilder");
+        if let Ok(req) = &self.parts {
+            d.field("method", req.method());
+        }
+        d.finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,183 @@
+//! A response with convenient, bounded ways to read it.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, Version};
+use serde::de::DeserializeOwned;
+
+use crate::body::{self, Body, BytesStream, NdjsonStream};
+use crate::error::Error;
+
+/// How much of an error response's body a status error keeps.
+const SNIPPET_LEN: usize = 1024;
+
+/// The most a convenience reader (`bytes`, `text`, `json`) reads unless told
+/// otherwise: 16 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The longest NDJSON line accepted: 1 MiB.
+const MAX_NDJSON_LINE: usize = 1024 * 1024;
+
+/// A response from [`Client`](crate::Client)'s convenience API.
+///
+/// The status and headers are here; the body is read by one of the
+/// consuming methods. Every reader is bounded ([`DEFAULT_BODY_LIMIT`]), and a
+/// body cut short by the network or a timeout is an error, never a short
+/// success.
+#[derive(Debug)]
+pub struct Response {
+    inner: http::Response<Body>,
+}
+
+impl Response {
+    pub(crate) fn new(inner: http::Response<Body>) -> Self {
+        Self { inner }
+    }
+
+    /// The status code.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.inner.status()
+    }
+
+    /// The headers.
+    #[must_use]
+    pub fn headers(&self) -> &HeaderMap {
+        self.inner.headers()
+    }
+
+    /// The HTTP version.
+    #[must_use]
+    pub fn version(&self) -> Version {
+        self.inner.version()
+    }
+
+    /// The extensions the layers left on the response (the request id, for
+    /// one).
+    #[must_use]
+    pub fn extensions(&self) -> &http::Extensions {
+        self.inner.extensions()
+    }
+
+    /// The underlying `http::Response`.
+    #[must_use]
+    pub fn into_inner(self) -> http::Response<Body> {
+        self.inner
+    }
+
+    /// Turns a 4xx or 5xx answer into an [`Error`] that carries the status,
+    /// the headers, the server's `Retry-After` and the first 1 KiB of the
+    /// body.
+    ///
+    /// # Errors
+    ///
+    /// When the status is a client or server error.
+    pub async fn error_for_status(self) -> Result<Self, Error> {
+        let status = self.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return Ok(self);
+        }
+        let (parts, mut body) = self.inner.into_parts();
+        let retry_after = parapet_core::retry_after(&parts.headers, SystemTime::now());
+        let snippet = body::snippet(&mut body, SNIPPET_LEN).await;
+        Err(Error::status_error(
+            status,
+            parts.headers,
+            retry_after,
+            snippet,
+        ))
+    }
+
+    /// The whole body, up to [`DEFAULT_BODY_LIMIT`].
+    ///
+    /// # Errors
+    ///
+    /// When reading fails or the body passes the limit.
+    pub async fn bytes(self) -> Result<Bytes, Error> {
+        self.bytes_limited(DEFAULT_BODY_LIMIT).await
+    }
+
+    /// The whole body, up to `limit` bytes.
+    ///
+    /// # Errors
+    ///
+    /// When reading fails or the body passes the limit.
+    pub async fn bytes_limited(self, limit: usize) -> Result<Bytes, Error> {
+        let mut body = self.inner.into_body();
+        body::collect_limited(&mut body, limit).await
+    }
+
+    /// The body as UTF-8 text (invalid sequences replaced).
+    ///
+    /// # Errors
+    ///
+    /// When reading fails or the body passes [`DEFAULT_BODY_LIMIT`].
+    pub async fn text(self) -> Result<String, Error> {
+        let bytes = self.bytes().await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The body decoded from JSON. A mismatch names the path of the field
+    /// that failed (`data.items[2].id: invalid type: ...`).
+    ///
+    /// # Errors
+    ///
+    /// When reading fails, or the body is not JSON of the type asked for.
+    pub async fn json<T: DeserializeOwned>(self) -> Result<T, Error> {
+        let bytes = self.bytes().await?;
+        decode_json(&bytes)
+    }
+
+    /// The body's chunks as they arrive.
+    #[must_use]
+    pub fn bytes_stream(self) -> BytesStream {
+        BytesStream::new(self.inner.into_body())
+    }
+
+    /// The body as a stream of newline-delimited JSON items.
+    #[must_use]
+    pub fn ndjson<T: DeserializeOwned>(self) -> NdjsonStream<T> {
+        NdjsonStream::new(self.inner.into_body(), MAX_NDJSON_LINE)
+    }
+}
+
+/// Decodes JSON, naming the failing field's path in the error.
+pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        Error::decode(JsonError {
+            path,
+            inner: e.into_inner(),
+        })
+    })
+}
+
+/// A JSON body that did not decode, with the path of the failing field.
+#[derive(Debug)]
+pub struct JsonError {
+    path: String,
+    inner: serde_json::Error,
+}
+
+impl JsonError {
+    /// The path of the field that failed, like `data.items[2].id` (`.` for
+    /// the top level).
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.inner)
+    }
+}
+
+impl std::error::Error for JsonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.inner)
+    }
+}

@@ -1,0 +1,188 @@
+//! The innermost service: hyper-util's pooled client over rustls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use parapet_core::ReplayBody;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::InvalidConfig;
+
+/// The hyper-util client parapet sends through.
+pub(crate) type Transport = HyperClient<HttpsConnector<HttpConnector>, ReplayBody>;
+
+/// A root certificate to trust in addition to (or instead of) the built-in
+/// webpki roots.
+#[derive(Clone)]
+pub struct Certificate {
+    der: CertificateDer<'static>,
+}
+
+impl Certificate {
+    /// One certificate in PEM form.
+    ///
+    /// # Errors
+    ///
+    /// When the text holds no PEM certificate.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, InvalidConfig> {
+        CertificateDer::from_pem_slice(pem)
+            .map(|der| Self { der })
+            .map_err(|e| InvalidConfig::new(format!("root certificate is not valid PEM: {e}")))
+    }
+
+    /// One certificate in DER form.
+    #[must_use]
+    pub fn from_der(der: impl Into<Vec<u8>>) -> Self {
+        Self {
+            der: CertificateDer::from(der.into()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("der_len", &self.der.len())
+            .finish()
+    }
+}
+
+/// A client certificate chain and its private key, for mutual TLS.
+///
+/// Its `Debug` output never shows the key.
+#[derive(Clone)]
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Identity {
+    /// A PEM certificate chain (leaf first) and a PEM private key (PKCS#8,
+    /// PKCS#1 or SEC1).
+    ///
+    /// # Errors
+    ///
+    /// When either part is missing or not valid PEM.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, InvalidConfig> {
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                InvalidConfig::new(format!("client certificate chain is not valid PEM: {e}"))
+            })?;
+        if chain.is_empty() {
+            return Err(InvalidConfig::new(
+                "client certificate chain holds no certificate",
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| InvalidConfig::new("client private key is not valid PEM"))?;
+        Ok(Self {
+            chain,
+            key: Arc::new(key),
+        })
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("certificates", &self.chain.len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TransportConfig {
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) pool_idle_timeout: Option<Duration>,
+    pub(crate) pool_max_idle_per_host: usize,
+    pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) tcp_nodelay: bool,
+    pub(crate) http2: bool,
+    pub(crate) webpki_roots: bool,
+    pub(crate) roots: Vec<Certificate>,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) https_only: bool,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Some(Duration::from_secs(5)),
+            pool_idle_timeout: Some(Duration::from_secs(30)),
+            pool_max_idle_per_host: 32,
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            tcp_nodelay: true,
+            http2: true,
+            webpki_roots: true,
+            roots: Vec::new(),
+            identity: None,
+            https_only: false,
+        }
+    }
+}
+
+fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TransportConfig {
+    pub(crate) fn build(&self) -> Result<Transport, InvalidConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        if self.webpki_roots {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        for cert in &self.roots {
+            roots
+                .add(cert.der.clone())
+                .map_err(|e| InvalidConfig::new(format!("root certificate rejected: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(InvalidConfig::new(
+                "no root certificates: built-in roots are off and none were added",
+            ));
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(crypto())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| InvalidConfig::new(format!("TLS configuration: {e}")))?
+            .with_root_certificates(roots);
+        let tls = match &self.identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .map_err(|e| InvalidConfig::new(format!("client identity rejected: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(self.connect_timeout);
+        http.set_nodelay(self.tcp_nodelay);
+        http.set_keepalive(self.tcp_keepalive);
+
+        let schemes = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let schemes = if self.https_only {
+            schemes.https_only()
+        } else {
+            schemes.https_or_http()
+        };
+        let connector = if self.http2 {
+            schemes.enable_all_versions().wrap_connector(http)
+        } else {
+            schemes.enable_http1().wrap_connector(http)
+        };
+
+        let mut client = HyperClient::builder(TokioExecutor::new());
+        client
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host);
+        Ok(client.build(connector))
+    }
+}
