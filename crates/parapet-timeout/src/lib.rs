@@ -1,1 +1,124 @@
-//! parapet-timeout: under construction.
+//! Timeouts for outbound HTTP calls: a deadline for the whole call, a bound
+//! on each attempt, and time limits on the response body.
+//!
+//! - [`DeadlineLayer`] sets the call's [`Deadline`](parapet_core::Deadline)
+//!   (an earlier one the caller set wins) and fails the call with
+//!   [`DeadlineExceeded`] when it passes. Inner layers read the deadline and
+//!   never start a wait that would end after it. By default it also bounds
+//!   the response body.
+//! - [`AttemptTimeoutLayer`] bounds each attempt by the smaller of its own
+//!   limit and the time left before the deadline, and fails it with
+//!   [`AttemptTimedOut`], which says which of the two applied. It can also
+//!   bound the attempt's response body: an idle timeout between frames and a
+//!   total time, failing the body with [`BodyTimedOut`].
+//!
+//! # What each timer covers
+//!
+//! One call through a full stack, with a retry between two attempts:
+//!
+//! ```text
+//!  time ─────────────────────────────────────────────────────────────────────────────────▶
+//!
+//!  call    waits in the   pool checkout,  request   response   body frames     last
+//!  starts  stack (rate    connect (TCP,   written   headers    ▮  ▮    ▮  ▮    frame
+//!          limit, slot)   TLS)
+//!    │                                                 │                         │
+//!    ├─ DeadlineLayer: the call's deadline ────────────┼─────────────────────────┤ (body: unless exempt)
+//!    │   attempt 1 ... fails ─┤ backoff ├─ attempt 2 ──┤
+//!    │              ├─ AttemptTimeoutLayer ────────────┤
+//!    │                                                 ├ idle ┤├ idle ┤  ├ idle ┤  body_idle_timeout
+//!    │                                                 ├─ body_timeout ──────────┤
+//! ```
+//!
+//! | phase                                              | deadline | attempt limit | body idle | body total |
+//! |----------------------------------------------------|:--------:|:-------------:|:---------:|:----------:|
+//! | readiness (`poll_ready`)                           |    no    |      no       |    no     |     no     |
+//! | waits between the two layers (backoff, throttle, rate limit, token fetch, concurrency slot) | yes | no | no | no |
+//! | pool checkout and connect                          |   yes    |      yes      |    no     |     no     |
+//! | writing the request, waiting for the headers       |   yes    |      yes      |    no     |     no     |
+//! | reading the body                                   | yes, unless exempt | no  |    yes    |    yes     |
+//!
+//! - **Readiness** is never timed: every parapet service's `poll_ready` only
+//!   forwards, and the hyper-util client is always ready. The timers start
+//!   when the service is *called*, and all waiting happens in the response
+//!   future.
+//! - **Connect** happens inside the client's response future, so the
+//!   attempt limit covers it; the connector's own connect timeout, if set,
+//!   bounds the TCP connect alone.
+//! - **The attempt limit ends at the response headers.** After them the
+//!   attempt has its answer (a retry layer decides on it then); the body is
+//!   bounded by the deadline and the body limits.
+//! - **The body** is bounded by the call's deadline by default. A streaming
+//!   download opts out per request with [`BodyDeadline::exempt`] (or for the
+//!   whole layer with [`DeadlineLayer::cover_body`]) and relies on
+//!   [`AttemptTimeoutLayer::body_idle_timeout`] to notice a stalled server.
+//!   Body timers run only while the body waits for the server, not while
+//!   the reader is busy with a frame.
+//!
+//! When a body limit fires, the body yields the typed error
+//! ([`DeadlineExceeded`] with [`is_body`](DeadlineExceeded::is_body), or
+//! [`BodyTimedOut`]) and never a clean end, so a truncated body is never
+//! taken for a complete one; the inner body is dropped at once, which for a
+//! hyper body closes its connection instead of returning it to the pool.
+//! Dropping a response future or a body at any moment cancels everything it
+//! started: the inner future or body and the timer are dropped with it.
+//!
+//! # Where the layers go
+//!
+//! ```text
+//! RequestId / trace
+//! DeadlineLayer          outside retry: one budget for every attempt and every wait
+//! Retry
+//! Throttle, RateLimit, Auth, ConcurrencyLimit
+//! AttemptTimeoutLayer    inside retry, innermost, just above the client
+//! hyper-util client
+//! ```
+//!
+//! Inside the retry layer the deadline would restart with every attempt; an
+//! attempt limit outside it would bound the whole retry loop. Above the
+//! rate-limit and concurrency layers the attempt limit would count local
+//! queueing as time on the wire; those waits are bounded by the deadline,
+//! which they read. A retry policy can tell the two errors apart: an
+//! [`AttemptTimedOut`] with [`is_attempt_limit`](AttemptTimedOut::is_attempt_limit)
+//! may be retried, one with [`is_deadline`](AttemptTimedOut::is_deadline)
+//! may not. The deadline layer reports an attempt cut short by its own
+//! deadline as [`DeadlineExceeded`] (with the attempt's error as its source).
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::time::Duration;
+//! use http_body_util::BodyExt;
+//! use parapet_timeout::{AttemptTimeoutLayer, DeadlineLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::new(Duration::from_secs(10)))
+//!     // (a retry layer goes here)
+//!     .layer(AttemptTimeoutLayer::new(Duration::from_secs(2))
+//!         .body_idle_timeout(Duration::from_secs(5)))
+//!     .service_fn(|_req: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+//!     });
+//!
+//! let res = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+//! assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello");
+//! # }
+//! ```
+
+mod attempt;
+mod body;
+mod deadline;
+mod error;
+
+pub use attempt::{AttemptTimeout, AttemptTimeoutLayer};
+pub use body::{BodyDeadline, TimeoutBody};
+pub use deadline::{CallDeadline, DeadlineLayer};
+pub use error::{AttemptTimedOut, BodyTimedOut, DeadlineExceeded};
+
+/// The response futures of the services.
+pub mod future {
+    pub use crate::attempt::AttemptTimeoutFuture;
+    pub use crate::deadline::CallDeadlineFuture;
+}

@@ -1,0 +1,303 @@
+//! The response body wrapper that enforces the body time limits.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::Extensions;
+use http_body::{Body, Frame, SizeHint};
+use parapet_core::{BoxError, Deadline};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::error::{BodyTimedOut, DeadlineExceeded};
+
+/// Per-request override of whether the call's deadline also covers reading
+/// the response body.
+///
+/// By default the deadline of [`DeadlineLayer`](crate::DeadlineLayer) runs
+/// until the body's last frame. A streaming download (a large file, a
+/// server-sent event stream) that may legitimately take longer than any
+/// deadline puts [`BodyDeadline::exempt`] in its request's extensions: the
+/// deadline then stops at the response headers and the body is bounded only
+/// by the idle timeout
+/// ([`AttemptTimeoutLayer::body_idle_timeout`](crate::AttemptTimeoutLayer::body_idle_timeout)).
+/// [`BodyDeadline::covered`] does the opposite on a layer built with
+/// [`DeadlineLayer::cover_body(false)`](crate::DeadlineLayer::cover_body).
+///
+/// ```
+/// use parapet_timeout::BodyDeadline;
+///
+/// let mut req = http::Request::get("http://127.0.0.1/large.tar").body(()).unwrap();
+/// req.extensions_mut().insert(BodyDeadline::exempt());
+/// assert_eq!(BodyDeadline::get(req.extensions()), Some(BodyDeadline::exempt()));
+/// assert!(!BodyDeadline::exempt().is_covered());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BodyDeadline {
+    covered: bool,
+}
+
+impl BodyDeadline {
+    /// The call's deadline stops at the response headers; the body is
+    /// bounded only by the idle timeout.
+    #[must_use]
+    pub const fn exempt() -> Self {
+        Self { covered: false }
+    }
+
+    /// The call's deadline runs until the body's last frame.
+    #[must_use]
+    pub const fn covered() -> Self {
+        Self { covered: true }
+    }
+
+    /// Whether the call's deadline covers the body.
+    #[must_use]
+    pub const fn is_covered(self) -> bool {
+        self.covered
+    }
+
+    /// The override carried by these extensions, if any.
+    #[must_use]
+    pub fn get(ext: &Extensions) -> Option<Self> {
+        ext.get::<Self>().copied()
+    }
+}
+
+/// Which limit a [`TimeoutBody`] enforces as its hard end.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// The call's deadline (from the deadline layer).
+    Call(Deadline),
+    /// A total time for the body, from the response headers (from the
+    /// attempt layer); the `Duration` is the configured limit.
+    Total(Instant, Duration),
+}
+
+impl End {
+    const fn instant(self) -> Instant {
+        match self {
+            Self::Call(d) => d.instant(),
+            Self::Total(at, _) => at,
+        }
+    }
+
+    const fn failure(self) -> Failure {
+        match self {
+            Self::Call(d) => Failure::Deadline(d),
+            Self::Total(_, limit) => Failure::Total(limit),
+        }
+    }
+}
+
+pin_project! {
+    /// A response body with time limits: the call's deadline, an idle
+    /// timeout between frames, and a total time for the body, whichever
+    /// applies.
+    ///
+    /// The response body type of both [`CallDeadline`](crate::CallDeadline)
+    /// and [`AttemptTimeout`](crate::AttemptTimeout). The timers run only
+    /// while the body is waiting for the server (its inner body returned
+    /// `Pending`), never while the reader is busy elsewhere. When one fires:
+    ///
+    /// - the inner body is dropped at once (for a hyper body that closes the
+    ///   connection, which is then never reused, and releases whatever the
+    ///   layers beneath held until the body's end);
+    /// - `poll_frame` yields the typed error — [`DeadlineExceeded`] (with
+    ///   [`is_body`](DeadlineExceeded::is_body)) or [`BodyTimedOut`] — and
+    ///   keeps yielding it if polled again: the body never ends cleanly, and
+    ///   [`is_end_stream`](Body::is_end_stream) stays `false`, so a truncated
+    ///   body is never taken for a complete one.
+    ///
+    /// It holds its one timer inline and creates it only when the body first
+    /// has to wait, so it allocates nothing. Because the timer is inline the
+    /// body is `!Unpin`: read it with `BodyExt::collect`, or pin it
+    /// (`std::pin::pin!`, `Box::pin`) before calling `BodyExt::frame`.
+    pub struct TimeoutBody<B> {
+        #[pin]
+        inner: Option<B>,
+        #[pin]
+        timer: Option<Sleep>,
+        end: Option<End>,
+        idle: Option<Duration>,
+        // What the timer stands for in the current wait; `None` when it is
+        // not armed for it (never armed, or a frame arrived since).
+        armed: Option<Failure>,
+        failed: Option<Failure>,
+    }
+}
+
+/// The timeout that ended the body, kept to answer later polls.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Deadline(Deadline),
+    Idle(Duration),
+    Total(Duration),
+}
+
+impl Failure {
+    fn to_error(self) -> BoxError {
+        match self {
+            Self::Deadline(d) => Box::new(DeadlineExceeded::new(d, true)),
+            Self::Idle(limit) => Box::new(BodyTimedOut::new(limit, true)),
+            Self::Total(limit) => Box::new(BodyTimedOut::new(limit, false)),
+        }
+    }
+}
+
+impl<B> TimeoutBody<B> {
+    /// A body with no limits: frames pass through untouched.
+    pub(crate) const fn unlimited(inner: B) -> Self {
+        Self {
+            inner: Some(inner),
+            timer: None,
+            end: None,
+            idle: None,
+            armed: None,
+            failed: None,
+        }
+    }
+
+    /// Bounds the body by the call's deadline.
+    pub(crate) const fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.end = Some(End::Call(deadline));
+        self
+    }
+
+    /// Bounds the body by a total time starting now (at the headers).
+    pub(crate) fn with_total(mut self, limit: Duration) -> Self {
+        let now = Instant::now();
+        let at = now
+            .checked_add(limit)
+            .unwrap_or_else(|| parapet_core::far_future(now));
+        self.end = Some(End::Total(at, limit));
+        self
+    }
+
+    /// Bounds each wait for a frame by `idle`.
+    pub(crate) const fn with_idle(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
+    /// The wrapped body, unless a timeout already dropped it.
+    #[must_use]
+    pub fn get_ref(&self) -> Option<&B> {
+        self.inner.as_ref()
+    }
+
+    /// Whether a time limit ended this body.
+    #[must_use]
+    pub const fn is_timed_out(&self) -> bool {
+        self.failed.is_some()
+    }
+}
+
+impl<B> Body for TimeoutBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if let Some(failure) = *this.failed {
+            return Poll::Ready(Some(Err(failure.to_error())));
+        }
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Progress: the idle window restarts at the next wait. A
+                // fixed end needs no re-arming.
+                if this.idle.is_some() {
+                    *this.armed = None;
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.timer.set(None);
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(None) => {
+                this.timer.set(None);
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+
+        let armed = match *this.armed {
+            Some(armed) => armed,
+            None => {
+                let (at, armed) = match (*this.idle, *this.end) {
+                    (None, None) => return Poll::Pending,
+                    (None, Some(end)) => (end.instant(), end.failure()),
+                    (Some(idle), end) => {
+                        let now = Instant::now();
+                        let idle_at = now
+                            .checked_add(idle)
+                            .unwrap_or_else(|| parapet_core::far_future(now));
+                        match end {
+                            // NOTE: on a tie the hard end wins; it is the
+                            // stricter promise to the caller.
+                            Some(end) if end.instant() <= idle_at => (end.instant(), end.failure()),
+                            _ => (idle_at, Failure::Idle(idle)),
+                        }
+                    }
+                };
+                match this.timer.as_mut().as_pin_mut() {
+                    // Re-use the timer: moving a pending one later is cheap.
+                    Some(timer) => timer.reset(at),
+                    None => this.timer.set(Some(sleep_until(at))),
+                }
+                *this.armed = Some(armed);
+                armed
+            }
+        };
+        match this.timer.as_mut().as_pin_mut() {
+            Some(timer) => ready!(timer.poll(cx)),
+            None => return Poll::Pending,
+        }
+
+        let failure = armed;
+        *this.failed = Some(failure);
+        this.timer.set(None);
+        // Drop the inner body now: its connection must not be reused, and
+        // whatever was held until the body's end is released.
+        this.inner.set(None);
+        Poll::Ready(Some(Err(failure.to_error())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && self.inner.as_ref().is_some_and(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(inner) if self.failed.is_none() => inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for TimeoutBody<B>
+where
+    B: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutBody")
+            .field("inner", &self.inner)
+            .field("end", &self.end)
+            .field("idle", &self.idle)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
