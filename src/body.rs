@@ -69,7 +69,7 @@ impl fmt::Debug for Body {
 pub(crate) async fn collect_limited(body: &mut Body, limit: usize) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| crate::classify::body_error(e))?;
+        let frame = frame.map_err(crate::classify::body_error)?;
         if let Ok(data) = frame.into_data() {
             if buf.len().saturating_add(data.len()) > limit {
                 return Err(Error::new(

@@ -110,6 +110,22 @@ impl ClientBuilder {
         self
     }
 
+    /// The budget of a whole call: every attempt, every backoff and every
+    /// wait at a limiter, and by default the reading of the response body
+    /// too. `None` disables it. Default: 30 s.
+    pub fn deadline(mut self, budget: impl Into<Option<Duration>>) -> Self {
+        self.layers.deadline = budget.into();
+        self
+    }
+
+    /// The bound on one attempt, from sending the request to the response
+    /// headers; shortened to the time left before the deadline. `None`
+    /// disables it. Default: 10 s.
+    pub fn attempt_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.layers.attempt_timeout = timeout.into();
+        self
+    }
+
     /// How long an idle pooled connection is kept. `None` keeps it until the
     /// server closes it. Default: 30 s, below the 60 s and 75 s keep-alive
     /// timeouts of common load balancers, so we close first.

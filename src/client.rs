@@ -67,14 +67,12 @@ impl Client {
     }
 
     /// A builder to configure a client.
-    #[must_use]
     pub fn builder() -> crate::ClientBuilder {
         crate::ClientBuilder::new()
     }
 
     /// Starts a request with any method. `url` is a path resolved against
     /// the base URL, or an absolute URL.
-    #[must_use]
     pub fn request(&self, method: Method, url: &str) -> RequestBuilder {
         let uri = self.resolve(url);
         RequestBuilder {
@@ -90,37 +88,38 @@ impl Client {
     }
 
     /// Starts a GET.
-    #[must_use]
     pub fn get(&self, url: &str) -> RequestBuilder {
         self.request(Method::GET, url)
     }
 
     /// Starts a POST.
-    #[must_use]
     pub fn post(&self, url: &str) -> RequestBuilder {
         self.request(Method::POST, url)
     }
 
     /// Starts a PUT.
-    #[must_use]
     pub fn put(&self, url: &str) -> RequestBuilder {
         self.request(Method::PUT, url)
     }
 
     /// Starts a PATCH.
-    #[must_use]
     pub fn patch(&self, url: &str) -> RequestBuilder {
         self.request(Method::PATCH, url)
     }
 
     /// Starts a DELETE.
-    #[must_use]
     pub fn delete(&self, url: &str) -> RequestBuilder {
         self.request(Method::DELETE, url)
     }
 
     fn resolve(&self, url: &str) -> Result<Uri, Error> {
-        let uri: Uri = url.parse().map_err(Error::request)?;
+        let uri: Uri = if url.contains("://") || url.starts_with('/') {
+            url.parse()
+        } else {
+            // A path relative to the base, like `users/7`.
+            format!("/{url}").parse()
+        }
+        .map_err(Error::request)?;
         self.absolute(uri)
     }
 

@@ -130,13 +130,11 @@ impl Response {
     }
 
     /// The body's chunks as they arrive.
-    #[must_use]
     pub fn bytes_stream(self) -> BytesStream {
         BytesStream::new(self.inner.into_body())
     }
 
     /// The body as a stream of newline-delimited JSON items.
-    #[must_use]
     pub fn ndjson<T: DeserializeOwned>(self) -> NdjsonStream<T> {
         NdjsonStream::new(self.inner.into_body(), MAX_NDJSON_LINE)
     }

@@ -1,6 +1,13 @@
 //! TLS and mutual TLS against a loopback rustls server with a CA generated
 //! in the test.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::sync::Arc;
 
 use parapet::{Certificate, Client, Identity};
