@@ -251,3 +251,201 @@ where
         Poll::Ready(Err(this.error.clone().into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::time::sleep;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::BodyTimedOut;
+    use crate::test_support::{DropFlag, Script, assert_elapsed};
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn after(
+        delay: Duration,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<Script>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Script>, Infallible>>,
+    > + Clone {
+        service_fn(move |_req: Request<()>| async move {
+            sleep(delay).await;
+            Ok(Response::new(Script::drip(5, SEC)))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_deadline_the_own_limit_applies() {
+        let start = Instant::now();
+        let err = AttemptTimeoutLayer::new(2 * SEC)
+            .layer(after(60 * SEC))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap_err();
+        assert_elapsed(start, 2 * SEC);
+        let timed_out = err.downcast_ref::<AttemptTimedOut>().unwrap();
+        assert!(timed_out.is_attempt_limit() && !timed_out.is_deadline());
+        assert_eq!(timed_out.limit(), 2 * SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nearer_caller_set_deadline_shortens_the_attempt() {
+        let start = Instant::now();
+        let mut req = Request::new(());
+        Deadline::after(Duration::from_millis(1500)).apply(req.extensions_mut());
+        let err = AttemptTimeoutLayer::new(2 * SEC)
+            .layer(after(60 * SEC))
+            .oneshot(req)
+            .await
+            .unwrap_err();
+        assert_elapsed(start, Duration::from_millis(1500));
+        let timed_out = err.downcast_ref::<AttemptTimedOut>().unwrap();
+        assert!(timed_out.is_deadline());
+        assert_eq!(timed_out.limit(), Duration::from_millis(1500));
+        assert_eq!(
+            timed_out.to_string(),
+            "attempt timed out after 1.5s (call deadline)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_farther_deadline_leaves_the_own_limit() {
+        let start = Instant::now();
+        let mut req = Request::new(());
+        Deadline::after(30 * SEC).apply(req.extensions_mut());
+        let err = AttemptTimeoutLayer::new(2 * SEC)
+            .layer(after(60 * SEC))
+            .oneshot(req)
+            .await
+            .unwrap_err();
+        assert_elapsed(start, 2 * SEC);
+        assert!(
+            err.downcast_ref::<AttemptTimedOut>()
+                .unwrap()
+                .is_attempt_limit()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_past_deadline_fails_the_attempt_without_polling_the_inner_future() {
+        let polled = Arc::new(AtomicBool::new(false));
+        let probe = Arc::clone(&polled);
+        let inner = service_fn(move |_req: Request<()>| {
+            let polled = Arc::clone(&probe);
+            async move {
+                polled.store(true, Ordering::SeqCst);
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }
+        });
+        let mut req = Request::new(());
+        Deadline::after(SEC).apply(req.extensions_mut());
+        tokio::time::advance(SEC).await;
+
+        let err = AttemptTimeoutLayer::new(SEC)
+            .layer(inner)
+            .oneshot(req)
+            .await
+            .unwrap_err();
+
+        let timed_out = err.downcast_ref::<AttemptTimedOut>().unwrap();
+        assert!(timed_out.is_deadline());
+        assert_eq!(timed_out.limit(), Duration::ZERO);
+        assert!(!polled.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_attempt_gets_a_fresh_limit() {
+        let svc = AttemptTimeoutLayer::new(2 * SEC).layer(after(Duration::from_millis(1500)));
+        for _ in 0..3 {
+            let res = svc.clone().oneshot(Request::new(())).await;
+            assert!(res.is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_attempt_limit_ends_at_the_headers() {
+        let start = Instant::now();
+        // Headers after 1 s, then five frames a second apart: 6 s in all.
+        let res = AttemptTimeoutLayer::new(2 * SEC)
+            .layer(after(SEC))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "xxxxx");
+        assert_elapsed(start, 6 * SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_body_limits_apply_to_the_attempts_body() {
+        let layer = AttemptTimeoutLayer::new(2 * SEC).body_idle_timeout(SEC / 2);
+        let start = Instant::now();
+        let res = layer
+            .layer(after(SEC))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let err = res.into_body().collect().await.unwrap_err();
+        // The first frame is a second after the headers: idle after half.
+        assert_elapsed(start, Duration::from_millis(1500));
+        assert!(err.downcast_ref::<BodyTimedOut>().unwrap().is_idle());
+
+        let layer = AttemptTimeoutLayer::new(2 * SEC)
+            .body_timeout(Duration::from_millis(2500))
+            .body_idle_timeout(None);
+        let start = Instant::now();
+        let res = layer
+            .layer(after(SEC))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let err = res.into_body().collect().await.unwrap_err();
+        // The total counts from the headers (at 1 s).
+        assert_elapsed(start, Duration::from_millis(3500));
+        let total = err.downcast_ref::<BodyTimedOut>().unwrap();
+        assert!(total.is_total());
+        assert_eq!(total.limit(), Duration::from_millis(2500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_future_mid_wait_drops_the_inner_future() {
+        let (flag, dropped) = DropFlag::new();
+        let flag = Mutex::new(Some(flag));
+        let inner = service_fn(move |_req: Request<()>| {
+            let flag = flag.lock().unwrap().take();
+            async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }
+        });
+        let mut svc = AttemptTimeoutLayer::new(10 * SEC).layer(inner);
+        let mut fut = Box::pin(svc.ready().await.unwrap().call(Request::new(())));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(SEC).await;
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(!dropped.load(Ordering::SeqCst));
+
+        drop(fut);
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn the_service_has_the_usual_accessors() {
+        let mut svc = AttemptTimeout::new(0_u8, SEC);
+        *svc.get_mut() += 1;
+        assert_eq!(*svc.get_ref(), 1);
+        assert_eq!(svc.clone().into_inner(), 1);
+        assert_eq!(AttemptTimeout::<u8>::layer(SEC).limit(), SEC);
+    }
+}

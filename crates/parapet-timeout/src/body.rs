@@ -301,3 +301,245 @@ where
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::task::Waker;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::test_support::{DropFlag, Script, assert_elapsed};
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// Reads the body to its end or first error, counting data frames.
+    async fn read<B: Body<Error = BoxError>>(body: B) -> (usize, Result<(), BoxError>) {
+        let mut body = std::pin::pin!(body);
+        let mut frames = 0;
+        loop {
+            match body.frame().await {
+                None => return (frames, Ok(())),
+                Some(Ok(_)) => frames += 1,
+                Some(Err(e)) => return (frames, Err(e)),
+            }
+        }
+    }
+
+    fn limit(body: Result<(), BoxError>) -> BodyTimedOut {
+        let err = body.unwrap_err();
+        err.downcast_ref::<BodyTimedOut>()
+            .unwrap_or_else(|| panic!("{err}"))
+            .clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_fires_when_a_steady_body_stalls() {
+        let start = Instant::now();
+        let body = TimeoutBody::unlimited(Script::drip(2, SEC).then_stall())
+            .with_total(10 * SEC)
+            .with_idle(2 * SEC);
+
+        let (frames, end) = read(body).await;
+
+        assert_elapsed(start, 4 * SEC);
+        assert_eq!(frames, 2);
+        let err = limit(end);
+        assert!(err.is_idle() && !err.is_total());
+        assert_eq!(err.limit(), 2 * SEC);
+        assert_eq!(err.to_string(), "response body idle for 2s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_total_limit_fires_on_a_slow_drip_that_is_never_idle() {
+        let start = Instant::now();
+        let body = TimeoutBody::unlimited(Script::drip(100, SEC))
+            .with_total(Duration::from_millis(3500))
+            .with_idle(2 * SEC);
+
+        let (frames, end) = read(body).await;
+
+        assert_elapsed(start, Duration::from_millis(3500));
+        assert_eq!(frames, 3);
+        let err = limit(end);
+        assert!(err.is_total());
+        assert_eq!(err.to_string(), "response body not finished within 3.5s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_call_deadline_fires_on_a_slow_drip_that_is_never_idle() {
+        let start = Instant::now();
+        let deadline = Deadline::after(Duration::from_millis(3500));
+        let body = TimeoutBody::unlimited(Script::drip(100, SEC))
+            .with_deadline(deadline)
+            .with_idle(2 * SEC);
+
+        let (frames, end) = read(body).await;
+
+        assert_elapsed(start, Duration::from_millis(3500));
+        assert_eq!(frames, 3);
+        let err = end.unwrap_err();
+        let exceeded = err.downcast_ref::<DeadlineExceeded>().unwrap();
+        assert!(exceeded.is_body());
+        assert_eq!(exceeded.deadline(), deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_fires_before_a_later_call_deadline() {
+        let start = Instant::now();
+        let body = TimeoutBody::unlimited(Script::drip(1, SEC).then_stall())
+            .with_deadline(Deadline::after(10 * SEC))
+            .with_idle(2 * SEC);
+
+        let (frames, end) = read(body).await;
+
+        assert_elapsed(start, 3 * SEC);
+        assert_eq!(frames, 1);
+        assert!(limit(end).is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_tie_the_deadline_is_reported() {
+        let body = TimeoutBody::unlimited(Script::drip(1, SEC))
+            .with_deadline(Deadline::after(SEC / 2))
+            .with_idle(SEC / 2);
+        let (_, end) = read(body).await;
+        assert!(end.unwrap_err().is::<DeadlineExceeded>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_window_restarts_with_every_frame() {
+        let start = Instant::now();
+        let body = TimeoutBody::unlimited(Script::drip(10, Duration::from_millis(1500)))
+            .with_idle(2 * SEC);
+
+        let (frames, end) = read(body).await;
+
+        assert!(end.is_ok());
+        assert_eq!(frames, 10);
+        assert_elapsed(start, 15 * SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_idle_window_starts_at_the_headers() {
+        let start = Instant::now();
+        let body = TimeoutBody::unlimited(Script::new([(3 * SEC, "late")])).with_idle(2 * SEC);
+        let (frames, end) = read(body).await;
+        assert_elapsed(start, 2 * SEC);
+        assert_eq!(frames, 0);
+        assert!(limit(end).is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_body_never_ends_cleanly_and_drops_its_inner_body() {
+        let (flag, dropped) = DropFlag::new();
+        let body = TimeoutBody::unlimited(Script::drip(1, SEC).then_stall().with_flag(flag))
+            .with_idle(2 * SEC);
+        let mut body = Box::pin(body);
+
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(!dropped.load(Ordering::SeqCst));
+        assert!(
+            body.frame()
+                .await
+                .unwrap()
+                .unwrap_err()
+                .is::<BodyTimedOut>()
+        );
+
+        assert!(dropped.load(Ordering::SeqCst));
+        assert!(body.is_timed_out());
+        assert!(!body.is_end_stream());
+        assert!(body.get_ref().is_none());
+        // Polled again, it fails again rather than ending.
+        for _ in 0..3 {
+            assert!(
+                body.frame()
+                    .await
+                    .unwrap()
+                    .unwrap_err()
+                    .is::<BodyTimedOut>()
+            );
+        }
+        // Collected, it is an error, never a short body.
+        assert!(body.collect().await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_waits_never_creates_a_timer() {
+        let body = TimeoutBody::unlimited(Full::new(Bytes::from_static(b"hello")))
+            .with_deadline(Deadline::after(SEC))
+            .with_idle(SEC);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let mut body = Box::pin(body);
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "hello"
+        );
+        assert!(body.timer.is_none());
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_without_limits_waits_without_a_timer() {
+        let mut body = Box::pin(TimeoutBody::unlimited(Script::drip(1, SEC).then_stall()));
+        assert!(body.frame().await.unwrap().is_ok());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        assert!(body.timer.is_none());
+        tokio::time::advance(3600 * SEC).await;
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_moves_with_each_frame_and_the_deadline_stays_put() {
+        let start = Instant::now();
+        let mut idle = Box::pin(TimeoutBody::unlimited(Script::drip(3, SEC)).with_idle(2 * SEC));
+        let deadline = Deadline::after(10 * SEC);
+        let mut fixed =
+            Box::pin(TimeoutBody::unlimited(Script::drip(3, SEC)).with_deadline(deadline));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(idle.as_mut().poll_frame(&mut cx).is_pending());
+        assert!(fixed.as_mut().poll_frame(&mut cx).is_pending());
+        for n in 1..=2 {
+            tokio::time::advance(SEC).await;
+            assert!(matches!(
+                idle.as_mut().poll_frame(&mut cx),
+                Poll::Ready(Some(Ok(_)))
+            ));
+            assert!(matches!(
+                fixed.as_mut().poll_frame(&mut cx),
+                Poll::Ready(Some(Ok(_)))
+            ));
+            assert!(idle.as_mut().poll_frame(&mut cx).is_pending());
+            assert!(fixed.as_mut().poll_frame(&mut cx).is_pending());
+            let idle_at = idle.timer.as_ref().unwrap().deadline();
+            assert_eq!(idle_at, start + n * SEC + 2 * SEC);
+            assert_eq!(fixed.timer.as_ref().unwrap().deadline(), deadline.instant());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inner_body_error_passes_through() {
+        struct Broken;
+        impl Body for Broken {
+            type Data = Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+                Poll::Ready(Some(Err(std::io::Error::other("reset by peer"))))
+            }
+        }
+        let body = TimeoutBody::unlimited(Broken).with_idle(SEC);
+        let err = body.collect().await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<std::io::Error>().unwrap().to_string(),
+            "reset by peer"
+        );
+    }
+}

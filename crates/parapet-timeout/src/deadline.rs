@@ -234,3 +234,398 @@ fn fold_deadline(err: BoxError, deadline: Deadline) -> BoxError {
         _ => err,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::error::Error as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body::Body as _;
+    use http_body_util::{BodyExt, Empty, Full};
+    use tokio::time::sleep;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::test_support::{DropFlag, Script, assert_elapsed};
+    use crate::{AttemptTimedOut, AttemptTimeoutLayer, BodyTimedOut};
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// A service that answers "ok" after `delay`, recording the deadline it saw.
+    fn slow(
+        delay: Duration,
+        seen: Arc<std::sync::Mutex<Option<Deadline>>>,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
+    > + Clone {
+        service_fn(move |req: Request<()>| {
+            *seen.lock().unwrap() = Deadline::get(req.extensions());
+            async move {
+                sleep(delay).await;
+                Ok(Response::new(Full::from("ok")))
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_slower_than_the_budget_fails_at_the_deadline() {
+        let seen = Arc::default();
+        let svc = DeadlineLayer::new(SEC).layer(slow(5 * SEC, Arc::clone(&seen)));
+        let start = Instant::now();
+
+        let err = svc.oneshot(Request::new(())).await.unwrap_err();
+
+        assert_elapsed(start, SEC);
+        let exceeded = err.downcast_ref::<DeadlineExceeded>().unwrap();
+        assert!(!exceeded.is_body());
+        assert_eq!(exceeded.deadline().instant(), start + SEC);
+        assert_eq!(seen.lock().unwrap().unwrap().instant(), start + SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_within_the_budget_passes_through() {
+        let svc = DeadlineLayer::new(5 * SEC).layer(slow(SEC, Arc::default()));
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_caller_set_deadline_wins() {
+        let seen = Arc::default();
+        let svc = DeadlineLayer::new(10 * SEC).layer(slow(5 * SEC, Arc::clone(&seen)));
+        let start = Instant::now();
+        let mut req = Request::new(());
+        let caller = Deadline::after(2 * SEC);
+        caller.apply(req.extensions_mut());
+
+        let err = svc.oneshot(req).await.unwrap_err();
+
+        assert_elapsed(start, 2 * SEC);
+        assert_eq!(
+            err.downcast_ref::<DeadlineExceeded>().unwrap().deadline(),
+            caller
+        );
+        assert_eq!(*seen.lock().unwrap(), Some(caller));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_caller_set_deadline_does_not_extend_the_budget() {
+        let seen = Arc::default();
+        let svc = DeadlineLayer::new(SEC).layer(slow(5 * SEC, Arc::clone(&seen)));
+        let start = Instant::now();
+        let mut req = Request::new(());
+        Deadline::after(60 * SEC).apply(req.extensions_mut());
+
+        let err = svc.oneshot(req).await.unwrap_err();
+
+        assert_elapsed(start, SEC);
+        assert!(err.is::<DeadlineExceeded>());
+        assert_eq!(seen.lock().unwrap().unwrap().instant(), start + SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_already_past_fails_without_polling_the_inner_future() {
+        let polled = Arc::new(AtomicBool::new(false));
+        let probe = Arc::clone(&polled);
+        let inner = service_fn(move |_req: Request<()>| {
+            let polled = Arc::clone(&probe);
+            async move {
+                polled.store(true, Ordering::SeqCst);
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }
+        });
+        let svc = DeadlineLayer::new(SEC).layer(inner);
+        let mut req = Request::new(());
+        Deadline::after(SEC).apply(req.extensions_mut());
+        tokio::time::advance(2 * SEC).await;
+
+        let err = svc.oneshot(req).await.unwrap_err();
+
+        assert!(err.is::<DeadlineExceeded>());
+        assert!(!polled.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_shorter_than_the_attempt_limit_wins_and_is_reported_as_the_deadline() {
+        let svc = ServiceBuilder::new()
+            .layer(DeadlineLayer::new(SEC))
+            .layer(AttemptTimeoutLayer::new(5 * SEC))
+            .service(slow(60 * SEC, Arc::default()));
+        let start = Instant::now();
+
+        let err = svc.oneshot(Request::new(())).await.unwrap_err();
+
+        assert_elapsed(start, SEC);
+        let exceeded = err.downcast_ref::<DeadlineExceeded>().unwrap();
+        // The attempt layer noticed first (same instant); its error says so.
+        let attempt = exceeded
+            .source()
+            .unwrap()
+            .downcast_ref::<AttemptTimedOut>()
+            .unwrap();
+        assert!(attempt.is_deadline());
+        assert_eq!(attempt.limit(), SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_limit_shorter_than_the_deadline_is_reported_as_the_attempt_limit() {
+        let svc = ServiceBuilder::new()
+            .layer(DeadlineLayer::new(10 * SEC))
+            .layer(AttemptTimeoutLayer::new(2 * SEC))
+            .service(slow(60 * SEC, Arc::default()));
+        let start = Instant::now();
+
+        let err = svc.oneshot(Request::new(())).await.unwrap_err();
+
+        assert_elapsed(start, 2 * SEC);
+        let attempt = err.downcast_ref::<AttemptTimedOut>().unwrap();
+        assert!(attempt.is_attempt_limit());
+        assert_eq!(attempt.limit(), 2 * SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_spans_every_attempt_of_a_retry_loop() {
+        // A stand-in retry between the layers: retries attempt timeouts
+        // that hit the attempt limit, forever.
+        let inner = ServiceBuilder::new()
+            .layer(AttemptTimeoutLayer::new(2 * SEC))
+            .service(slow(60 * SEC, Arc::default()));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&attempts);
+        let retry = service_fn(move |req: Request<()>| {
+            let inner = inner.clone();
+            let attempts = Arc::clone(&counter);
+            async move {
+                loop {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    let mut again = Request::new(());
+                    *again.extensions_mut() = req.extensions().clone();
+                    match inner.clone().oneshot(again).await {
+                        Err(e)
+                            if e.downcast_ref::<AttemptTimedOut>()
+                                .is_some_and(AttemptTimedOut::is_attempt_limit) => {}
+                        other => return other,
+                    }
+                }
+            }
+        });
+        let svc = DeadlineLayer::new(5 * SEC).layer(retry);
+        let start = Instant::now();
+
+        let err = svc.oneshot(Request::new(())).await.unwrap_err();
+
+        // Attempts at 0 s and 2 s hit their limit; the third is cut to 1 s.
+        assert_elapsed(start, 5 * SEC);
+        assert_eq!(attempts.load(Ordering::SeqCst), 3);
+        assert!(err.is::<DeadlineExceeded>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn by_default_the_deadline_covers_the_body() {
+        let inner = service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Script::drip(10, SEC)))
+        });
+        let svc = DeadlineLayer::new(Duration::from_millis(3500)).layer(inner);
+        let start = Instant::now();
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        let mut body = std::pin::pin!(res.into_body());
+
+        let mut frames = 0;
+        let err = loop {
+            match body.frame().await.unwrap() {
+                Ok(_) => frames += 1,
+                Err(e) => break e,
+            }
+        };
+
+        assert_elapsed(start, Duration::from_millis(3500));
+        assert_eq!(frames, 3);
+        assert!(err.downcast_ref::<DeadlineExceeded>().unwrap().is_body());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exempt_body_outlives_the_deadline() {
+        let inner = service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Script::drip(10, SEC)))
+        });
+        let svc = DeadlineLayer::new(2 * SEC).layer(inner);
+        let mut req = Request::new(());
+        req.extensions_mut().insert(BodyDeadline::exempt());
+
+        let res = svc.oneshot(req).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+
+        assert_eq!(body, "xxxxxxxxxx");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_layer_that_does_not_cover_bodies_still_covers_a_request_that_asks() {
+        let inner = service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Script::drip(10, SEC)))
+        });
+        let layer = DeadlineLayer::new(2 * SEC).cover_body(false);
+        let res = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes().len(),
+            10
+        );
+
+        let mut req = Request::new(());
+        req.extensions_mut().insert(BodyDeadline::covered());
+        let res = layer.layer(inner).oneshot(req).await.unwrap();
+        let err = res.into_body().collect().await.unwrap_err();
+        assert!(err.is::<DeadlineExceeded>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exempt_streaming_body_still_fails_when_idle() {
+        let inner = service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Script::drip(3, SEC).then_stall()))
+        });
+        let svc = ServiceBuilder::new()
+            .layer(DeadlineLayer::new(SEC / 2))
+            .layer(AttemptTimeoutLayer::new(SEC).body_idle_timeout(2 * SEC))
+            .service(inner);
+        let mut req = Request::new(());
+        req.extensions_mut().insert(BodyDeadline::exempt());
+        let start = Instant::now();
+
+        let res = svc.oneshot(req).await.unwrap();
+        let err = res.into_body().collect().await.unwrap_err();
+
+        // Three frames at 1, 2, 3 s; then two idle seconds.
+        assert_elapsed(start, 5 * SEC);
+        let idle = err.downcast_ref::<BodyTimedOut>().unwrap();
+        assert!(idle.is_idle());
+        assert_eq!(idle.limit(), 2 * SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_future_mid_wait_drops_the_inner_future() {
+        let (flag, dropped) = DropFlag::new();
+        let flag = std::sync::Mutex::new(Some(flag));
+        let inner = service_fn(move |_req: Request<()>| {
+            let flag = flag.lock().unwrap().take();
+            async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }
+        });
+        let mut svc = DeadlineLayer::new(10 * SEC).layer(inner);
+        let fut = svc.ready().await.unwrap().call(Request::new(()));
+        let mut fut = Box::pin(fut);
+
+        // Waiting: both the inner future and the deadline timer are live.
+        assert!(futures_poll(fut.as_mut()).is_pending());
+        tokio::time::advance(SEC).await;
+        assert!(futures_poll(fut.as_mut()).is_pending());
+        assert!(!dropped.load(Ordering::SeqCst));
+
+        drop(fut);
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_body_mid_wait_drops_the_inner_body() {
+        let (flag, dropped) = DropFlag::new();
+        let flag = std::sync::Mutex::new(Some(flag));
+        let inner = service_fn(move |_req: Request<()>| {
+            let flag = flag.lock().unwrap().take().unwrap();
+            async move {
+                Ok::<_, Infallible>(Response::new(
+                    Script::drip(1, SEC).then_stall().with_flag(flag),
+                ))
+            }
+        });
+        let res = DeadlineLayer::new(10 * SEC)
+            .layer(inner)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let mut body = Box::pin(res.into_body());
+        assert!(body.frame().await.unwrap().is_ok());
+        let waker = std::task::Waker::noop();
+        assert!(
+            body.as_mut()
+                .poll_frame(&mut Context::from_waker(waker))
+                .is_pending()
+        );
+        assert!(!dropped.load(Ordering::SeqCst));
+
+        drop(body);
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_ready_only_forwards() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut svc = DeadlineLayer::new(SEC).layer(NotReady(Arc::clone(&calls)));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(svc.poll_ready(&mut cx).is_pending());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // No timer was started by readiness: a long wait changes nothing.
+        tokio::time::advance(60 * SEC).await;
+        assert!(svc.poll_ready(&mut cx).is_pending());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inner_errors_pass_through_unchanged() {
+        let inner = service_fn(|_req: Request<()>| async {
+            Err::<Response<Empty<Bytes>>, _>(std::io::Error::other("refused"))
+        });
+        let err = DeadlineLayer::new(SEC)
+            .layer(inner)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<std::io::Error>().unwrap().to_string(),
+            "refused"
+        );
+    }
+
+    #[test]
+    fn services_are_clone() {
+        fn is_clone<T: Clone>(_: &T) {}
+        let svc = CallDeadline::new(
+            service_fn(|_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }),
+            SEC,
+        );
+        is_clone(&svc);
+        assert_eq!(CallDeadline::<()>::layer(SEC).budget(), SEC);
+    }
+
+    /// A service that is never ready, counting how often it was asked.
+    #[derive(Clone)]
+    struct NotReady(Arc<AtomicUsize>);
+
+    impl Service<Request<()>> for NotReady {
+        type Response = Response<Empty<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Poll::Pending
+        }
+
+        fn call(&mut self, _req: Request<()>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Empty::new())))
+        }
+    }
+
+    fn futures_poll<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+        fut.poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+}

@@ -122,3 +122,6 @@ pub mod future {
     pub use crate::attempt::AttemptTimeoutFuture;
     pub use crate::deadline::CallDeadlineFuture;
 }
+
+#[cfg(test)]
+mod test_support;
