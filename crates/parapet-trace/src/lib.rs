@@ -1,1 +1,90 @@
-//! parapet-trace: under construction.
+//! Request ids, a span per call and per attempt, and nothing secret in logs,
+//! for outbound HTTP clients built from tower layers.
+//!
+//! - [`RequestIdLayer`]: one `x-request-id` per call, the same on every
+//!   attempt; a caller's id is kept; the id ends up in the response's
+//!   extensions ([`RequestId`], a time-ordered UUID version 7).
+//! - [`InboundRequestIdLayer`]: the server side. It makes an inbound
+//!   request's id the current one for the task serving it, so every outbound
+//!   call made meanwhile carries that id without being passed by hand.
+//! - [`TraceLayer`] and [`AttemptTraceLayer`]: a span per call (`INFO`) and a
+//!   child span per attempt (`DEBUG`), with the OpenTelemetry HTTP client
+//!   field names. A 503 that a retry fixes is never logged above `DEBUG`;
+//!   see [`TraceLayer`] for the levels.
+//! - [`redact`]: which headers and query parameters carry secrets, and a
+//!   URL with them replaced by `REDACTED`. The spans use it for `url.full`
+//!   and record no headers but the request id.
+//!
+//! # Where the layers go
+//!
+//! Outermost first:
+//!
+//! 1. [`RequestIdLayer`]: once per call, so all attempts share the id;
+//! 2. [`TraceLayer`]: the call span; everything inside (deadline, retry and
+//!    its events about delays) happens in it;
+//! 3. deadline, then retry;
+//! 4. [`AttemptTraceLayer`]: inside retry, once per attempt; outside the
+//!    per-attempt layers (throttle, rate limit, auth, concurrency limit,
+//!    attempt timeout) so that their waits count in the attempt.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use parapet_trace::{AttemptTraceLayer, RequestId, RequestIdLayer, TraceLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let client = service_fn(|req: Request<()>| async move {
+//!     assert!(req.headers().contains_key("x-request-id"));
+//!     Ok::<_, Infallible>(Response::new(()))
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(RequestIdLayer::new())
+//!     .layer(TraceLayer::new().internal_kind(true))
+//!     // .layer(deadline).layer(retry)
+//!     .layer(AttemptTraceLayer::new())
+//!     .service(client);
+//! let res = svc.oneshot(Request::get("http://127.0.0.1:8080/").body(()).unwrap()).await.unwrap();
+//! assert!(RequestId::get(res.extensions()).is_some());
+//! # }
+//! ```
+//!
+//! # W3C trace context (feature `opentelemetry`)
+//!
+//! With the `opentelemetry` feature, and a subscriber that includes
+//! `tracing_opentelemetry`'s layer, the trace layers send a `traceparent`
+//! header (`00-<trace id>-<span id>-<flags>`) naming the span that sent the
+//! request: each attempt's span when [`AttemptTraceLayer`] records it, else
+//! the call span. The header is only sent when the span has a valid
+//! context (all-zero ids are never sent), and a `traceparent` the caller
+//! set is never replaced. Without that subscriber layer nothing is sent.
+//! `tracestate` is not sent.
+//!
+//! # Cost
+//!
+//! With no subscriber listening, the trace layers do no formatting, read no
+//! clock and allocate nothing; [`RequestIdLayer`] makes an id in a few tens
+//! of nanoseconds without allocating (see [`RequestId`]).
+
+mod attempt;
+mod common;
+mod id;
+mod inbound;
+pub mod redact;
+mod request_id;
+mod trace;
+
+pub use attempt::{AttemptTrace, AttemptTraceLayer};
+pub use common::{ErrorTypeFn, default_error_type};
+pub use id::RequestId;
+pub use inbound::{InboundRequestId, InboundRequestIdLayer};
+pub use request_id::{RequestIdLayer, SetRequestId, X_REQUEST_ID};
+pub use trace::{Trace, TraceLayer};
+
+/// The response futures of this crate's services.
+pub mod future {
+    pub use crate::attempt::AttemptTraceFuture;
+    pub use crate::inbound::InboundFuture;
+    pub use crate::request_id::SetRequestIdFuture;
+    pub use crate::trace::TraceFuture;
+}

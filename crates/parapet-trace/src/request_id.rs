@@ -1,0 +1,323 @@
+//! [`RequestIdLayer`]: one `x-request-id` per outbound call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderName, Request, Response};
+use parapet_core::BoxError;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::RequestId;
+
+/// `x-request-id`, the header [`RequestIdLayer`] sets by default.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every outbound call one request id, the same on every attempt.
+///
+/// For each request, in this order:
+///
+/// 1. a request that already carries the header keeps it, untouched: a
+///    caller-supplied id is never overwritten;
+/// 2. otherwise, inside a task serving an inbound request
+///    ([`InboundRequestIdLayer`](crate::InboundRequestIdLayer) or
+///    [`RequestId::scope`]), that request's id is sent, so one id follows the
+///    work across services without being passed by hand;
+/// 3. otherwise a fresh [`RequestId`] (a UUID version 7) is made.
+///
+/// The id is then recorded in the response's extensions
+/// ([`RequestId::get`]), whichever of the three it was.
+///
+/// # Where it goes
+///
+/// Outermost, outside the retry layer: it runs once per call, and every
+/// attempt the retry layer sends is a copy of the request it saw, header
+/// included. Put it outside [`TraceLayer`](crate::TraceLayer) too, so the
+/// call span records the id from its start.
+///
+/// ```
+/// use http::{Request, Response};
+/// use parapet_trace::{RequestId, RequestIdLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let inner = service_fn(|req: Request<()>| async move {
+///     let sent = req.headers()["x-request-id"].clone();
+///     Ok::<_, std::convert::Infallible>(Response::new(sent))
+/// });
+/// let svc = RequestIdLayer::new().layer(inner);
+///
+/// let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+/// let id = RequestId::get(res.extensions()).unwrap();
+/// assert_eq!(id.header_value(), res.body()); // what was sent
+///
+/// // A caller's own id is kept.
+/// let req = Request::builder().header("x-request-id", "mine").body(()).unwrap();
+/// let res = svc.oneshot(req).await.unwrap();
+/// assert_eq!(res.body(), "mine");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequestIdLayer {
+    header: HeaderName,
+}
+
+impl RequestIdLayer {
+    /// Sets `x-request-id`.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            header: X_REQUEST_ID,
+        }
+    }
+
+    /// The header that carries the id.
+    ///
+    /// Default: `x-request-id`.
+    #[must_use]
+    pub fn header(mut self, name: HeaderName) -> Self {
+        self.header = name;
+        self
+    }
+}
+
+impl Default for RequestIdLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = SetRequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SetRequestId {
+            inner,
+            header: self.header.clone(),
+        }
+    }
+}
+
+/// The service made by [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct SetRequestId<S> {
+    inner: S,
+    header: HeaderName,
+}
+
+impl<S> SetRequestId<S> {
+    /// Wraps `inner`, setting `x-request-id`.
+    pub fn new(inner: S) -> Self {
+        RequestIdLayer::new().layer(inner)
+    }
+
+    /// A [`RequestIdLayer`] that sets `x-request-id`.
+    #[must_use]
+    pub fn layer() -> RequestIdLayer {
+        RequestIdLayer::new()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, by value.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for SetRequestId<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = SetRequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = if let Some(sent) = req.headers().get(&self.header) {
+            RequestId::from_header_value(sent.clone())
+        } else {
+            let id = RequestId::current().unwrap_or_default();
+            req.headers_mut()
+                .insert(self.header.clone(), id.header_value().clone());
+            id
+        };
+        SetRequestIdFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`SetRequestId`].
+    #[must_use = "futures do nothing unless polled"]
+    #[derive(Debug)]
+    pub struct SetRequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<RequestId>,
+    }
+}
+
+impl<F, RB, E> Future for SetRequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx)).map_err(Into::into)?;
+        if let Some(id) = this.id.take() {
+            res.extensions_mut().insert(id);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use http::HeaderValue;
+    use tower::{ServiceExt, service_fn};
+
+    type Seen = Arc<Mutex<Vec<Option<HeaderValue>>>>;
+
+    /// A stand-in that records the header it saw and answers 200.
+    fn recorder(
+        name: &'static str,
+    ) -> (
+        Seen,
+        impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Clone,
+    ) {
+        let seen = Seen::default();
+        let log = seen.clone();
+        let svc = service_fn(move |req: Request<()>| {
+            log.lock().unwrap().push(req.headers().get(name).cloned());
+            async { Ok::<_, Infallible>(Response::new(())) }
+        });
+        (seen, svc)
+    }
+
+    #[tokio::test]
+    async fn sets_a_fresh_id_and_records_it_in_the_response() {
+        let (seen, inner) = recorder("x-request-id");
+        let res = RequestIdLayer::new()
+            .layer(inner)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let sent = seen.lock().unwrap()[0].clone().unwrap();
+        assert_eq!(sent.len(), 36);
+        assert_eq!(
+            RequestId::get(res.extensions()).unwrap().header_value(),
+            &sent
+        );
+    }
+
+    #[tokio::test]
+    async fn each_call_gets_its_own_id() {
+        let (seen, inner) = recorder("x-request-id");
+        let svc = RequestIdLayer::new().layer(inner);
+        for _ in 0..3 {
+            svc.clone().oneshot(Request::new(())).await.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        assert_ne!(seen[0], seen[1]);
+        assert_ne!(seen[1], seen[2]);
+    }
+
+    #[tokio::test]
+    async fn a_callers_id_is_never_overwritten() {
+        let (seen, inner) = recorder("x-request-id");
+        let req = Request::builder()
+            .header("x-request-id", "caller-42")
+            .body(())
+            .unwrap();
+        let res = RequestIdLayer::new()
+            .layer(inner)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap()[0].as_ref().unwrap(), "caller-42");
+        assert_eq!(
+            RequestId::get(res.extensions()).unwrap().to_str(),
+            Some("caller-42")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_header_name_is_configurable() {
+        let (seen, inner) = recorder("x-correlation-id");
+        let layer = RequestIdLayer::new().header(HeaderName::from_static("x-correlation-id"));
+        let res = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+        let sent = seen.lock().unwrap()[0].clone().unwrap();
+        assert_eq!(
+            RequestId::get(res.extensions()).unwrap().header_value(),
+            &sent
+        );
+    }
+
+    #[tokio::test]
+    async fn the_current_inbound_id_is_sent() {
+        let (seen, inner) = recorder("x-request-id");
+        let svc = RequestIdLayer::new().layer(inner);
+        let inbound = RequestId::from_header_value(HeaderValue::from_static("inbound-7"));
+        inbound
+            .scope(async {
+                svc.clone().oneshot(Request::new(())).await.unwrap();
+                // A caller's explicit id still wins over the inbound one.
+                let req = Request::builder()
+                    .header("x-request-id", "explicit")
+                    .body(())
+                    .unwrap();
+                svc.clone().oneshot(req).await.unwrap();
+            })
+            .await;
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].as_ref().unwrap(), "inbound-7");
+        assert_eq!(seen[1].as_ref().unwrap(), "explicit");
+    }
+
+    #[tokio::test]
+    async fn errors_pass_through() {
+        let inner = service_fn(|_: Request<()>| async {
+            Err::<Response<()>, _>(std::io::Error::other("boom"))
+        });
+        let err = RequestIdLayer::new()
+            .layer(inner)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap_err();
+        assert!(err.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn service_accessors() {
+        let mut svc = SetRequestId::new(7u8);
+        assert_eq!(*svc.get_ref(), 7);
+        *svc.get_mut() = 8;
+        assert_eq!(svc.into_inner(), 8);
+        let _ = SetRequestId::<u8>::layer();
+    }
+}
