@@ -1,0 +1,506 @@
+//! [`ConcurrencyLimitLayer`]: at most N calls in flight, overall or per
+//! authority, each holding its slot until its response body ends.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use parapet_core::BoxError;
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::authority::{Authority, Janitor, Sweep, lock};
+use crate::error::ConcurrencyLimited;
+use crate::wait::WaitPolicy;
+
+/// How often idle per-authority state is forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The slots every clone shares.
+#[derive(Debug)]
+enum Slots {
+    Overall(Arc<Semaphore>),
+    PerAuthority(Arc<PerAuthority>),
+}
+
+#[derive(Debug)]
+struct PerAuthority {
+    map: Mutex<HashMap<Authority, Arc<Semaphore>>>,
+    janitor: Janitor,
+}
+
+impl PerAuthority {
+    fn semaphore(self: &Arc<Self>, key: &Authority, limit: usize) -> Arc<Semaphore> {
+        let mut map = lock(&self.map);
+        if let Some(sem) = map.get(key) {
+            return Arc::clone(sem);
+        }
+        let sem = Arc::new(Semaphore::new(limit));
+        map.insert(key.clone(), Arc::clone(&sem));
+        drop(map);
+        Janitor::ensure(self);
+        sem
+    }
+}
+
+impl Sweep for PerAuthority {
+    fn sweep(&self) -> usize {
+        let mut map = lock(&self.map);
+        // NOTE: every permit and every waiter holds a clone of its
+        // semaphore, and new clones are only made under this lock: a count of
+        // one means nobody is in flight or waiting for that authority.
+        map.retain(|_, sem| Arc::strong_count(sem) > 1);
+        map.shrink_to_fit();
+        map.len()
+    }
+
+    fn janitor(&self) -> &Janitor {
+        &self.janitor
+    }
+}
+
+/// Limits how many calls are in flight at once, overall or per authority
+/// (scheme, host, port).
+///
+/// A call takes its slot inside its response future (never in
+/// `poll_ready`, so idle clones hold nothing) and keeps it until its
+/// response body has been read to the end, has failed, or has been dropped:
+/// the server is still busy with a response whose body is streaming. A call
+/// that fails before a response gives its slot back at once, and so does a
+/// response whose body is empty. Every service this layer makes, and every
+/// clone of those, shares the layer's slots.
+///
+/// In wait mode (the default) calls queue for a slot first come, first
+/// served (in the order their futures are first polled), as long as one
+/// frees up within [`max_wait`](Self::max_wait) and before the call's
+/// [`Deadline`](parapet_core::Deadline); otherwise they fail with
+/// [`ConcurrencyLimited`]. A dropped waiter never holds or loses a slot. In
+/// reject mode ([`reject`](Self::reject)) a call finding every slot taken
+/// fails at once.
+///
+/// Per-authority state is dropped once nothing is in flight or waiting for
+/// that authority.
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use http_body_util::{BodyExt, Full};
+/// use parapet_core::BoxError;
+/// use parapet_ratelimit::{ConcurrencyLimitLayer, ConcurrencyLimited};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let mut svc = ServiceBuilder::new()
+///     .layer(ConcurrencyLimitLayer::per_authority(NonZeroUsize::MIN).reject())
+///     .service_fn(|_req: http::Request<()>| async {
+///         Ok::<_, BoxError>(http::Response::new(Full::new(bytes::Bytes::from("hello"))))
+///     });
+/// let get = || http::Request::get("http://api.example.com/").body(()).unwrap();
+///
+/// let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+/// // The body is still unread: the one slot is taken.
+/// let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
+/// assert!(err.is::<ConcurrencyLimited>());
+///
+/// // Reading the body to its end gives the slot back.
+/// let body = res.into_body().collect().await.unwrap().to_bytes();
+/// assert_eq!(body, "hello");
+/// svc.ready().await.unwrap().call(get()).await.unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimitLayer {
+    slots: Arc<Slots>,
+    limit: usize,
+    wait: WaitPolicy,
+}
+
+impl ConcurrencyLimitLayer {
+    /// At most `limit` calls in flight through this layer's services, to
+    /// any authority. A limit above [`Semaphore::MAX_PERMITS`] is cut to it.
+    #[must_use]
+    pub fn new(limit: NonZeroUsize) -> Self {
+        let limit = limit.get().min(Semaphore::MAX_PERMITS);
+        Self {
+            slots: Arc::new(Slots::Overall(Arc::new(Semaphore::new(limit)))),
+            limit,
+            wait: WaitPolicy::default(),
+        }
+    }
+
+    /// At most `limit` calls in flight to each authority (scheme, host and
+    /// port of the request URI, or its `Host` header when the URI is
+    /// relative).
+    #[must_use]
+    pub fn per_authority(limit: NonZeroUsize) -> Self {
+        let limit = limit.get().min(Semaphore::MAX_PERMITS);
+        Self {
+            slots: Arc::new(Slots::PerAuthority(Arc::new(PerAuthority {
+                map: Mutex::new(HashMap::new()),
+                janitor: Janitor::new(SWEEP_EVERY),
+            }))),
+            limit,
+            wait: WaitPolicy::default(),
+        }
+    }
+
+    /// The longest a call waits for a slot; past it, the call fails with
+    /// [`ConcurrencyLimited`]. `None` leaves only the call's deadline as the
+    /// bound.
+    ///
+    /// Default: `None`.
+    #[must_use]
+    pub fn max_wait(mut self, max_wait: impl Into<Option<Duration>>) -> Self {
+        self.wait.max_wait = max_wait.into();
+        self
+    }
+
+    /// Fail a call with [`ConcurrencyLimited`] at once when every slot is
+    /// taken, instead of waiting (load shedding).
+    ///
+    /// Default: wait.
+    #[must_use]
+    pub fn reject(mut self) -> Self {
+        self.wait.reject = true;
+        self
+    }
+
+    /// The most calls in flight (overall, or per authority).
+    #[must_use]
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// How many authorities the limiter currently keeps state for (always 0
+    /// for an overall limit).
+    #[must_use]
+    pub fn tracked_keys(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        match self {
+            Self::Overall(_) => 0,
+            Self::PerAuthority(p) => lock(&p.map).len(),
+        }
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
+        ConcurrencyLimit {
+            inner,
+            slots: Arc::clone(&self.slots),
+            limit: self.limit,
+            wait: self.wait,
+        }
+    }
+}
+
+/// The service made by [`ConcurrencyLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    slots: Arc<Slots>,
+    limit: usize,
+    wait: WaitPolicy,
+}
+
+impl<S> ConcurrencyLimit<S> {
+    /// Wraps `inner` with slots of its own for at most `limit` calls in
+    /// flight (see [`ConcurrencyLimitLayer::new`]).
+    pub fn new(inner: S, limit: NonZeroUsize) -> Self {
+        ConcurrencyLimitLayer::new(limit).layer(inner)
+    }
+
+    /// A layer with an overall limit; same as [`ConcurrencyLimitLayer::new`].
+    #[must_use]
+    pub fn layer(limit: NonZeroUsize) -> ConcurrencyLimitLayer {
+        ConcurrencyLimitLayer::new(limit)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// How many authorities the limiter currently keeps state for (always 0
+    /// for an overall limit).
+    #[must_use]
+    pub fn tracked_keys(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ConcurrencyLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    ResB: Body,
+{
+    type Response = Response<ConcurrencyLimitBody<ResB>>;
+    type Error = BoxError;
+    type Future = ConcurrencyLimitFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let sem = match &*self.slots {
+            Slots::Overall(sem) => Arc::clone(sem),
+            Slots::PerAuthority(p) => p.semaphore(&Authority::of(&req), self.limit),
+        };
+        let error = match Arc::clone(&sem).try_acquire_owned() {
+            // The common path: a slot was free.
+            Ok(permit) => {
+                return ConcurrencyLimitFuture {
+                    state: State::Called {
+                        fut: self.inner.call(req),
+                        permit: Some(permit),
+                    },
+                };
+            }
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                ConcurrencyLimited::new(self.limit, Duration::ZERO)
+            }
+        };
+        let now = Instant::now();
+        let latest = self.wait.latest(now, req.extensions());
+        if latest.is_some_and(|latest| latest <= now) {
+            return ConcurrencyLimitFuture {
+                state: State::Failed { error },
+            };
+        }
+        // NOTE: `self.inner` is the service that was driven ready; it goes
+        // into the future and a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let svc = std::mem::replace(&mut self.inner, clone);
+        let acquire = async move {
+            match latest {
+                Some(latest) => tokio::time::timeout_at(latest, sem.acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => sem.acquire_owned().await.ok(),
+            }
+        };
+        ConcurrencyLimitFuture {
+            state: State::Waiting {
+                acquire: Box::pin(acquire),
+                parked: Some(Box::new(Parked {
+                    svc,
+                    req,
+                    since: now,
+                    limit: self.limit,
+                })),
+            },
+        }
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
+/// A call waiting for a slot.
+struct Parked<S, B> {
+    svc: S,
+    req: Request<B>,
+    since: Instant,
+    limit: usize,
+}
+
+pin_project! {
+    /// The response future of [`ConcurrencyLimit`].
+    ///
+    /// Waits for a slot (when it must), drives the inner call, and hands the
+    /// slot to the response body. Dropping it gives back whatever it held.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ConcurrencyLimitFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Called { #[pin] fut: S::Future, permit: Option<OwnedSemaphorePermit> },
+        Waiting { acquire: Acquire, parked: Option<Box<Parked<S, B>>> },
+        Failed { error: ConcurrencyLimited },
+    }
+}
+
+impl<S, B, ResB> Future for ConcurrencyLimitFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: Body,
+{
+    type Output = Result<Response<ConcurrencyLimitBody<ResB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Called { fut, permit } => {
+                    let result = ready!(fut.poll(cx));
+                    // On an error the slot goes back now, not when this
+                    // future is dropped.
+                    let permit = permit.take();
+                    let res = result.map_err(Into::into)?;
+                    return Poll::Ready(
+                        Ok(res.map(|body| ConcurrencyLimitBody::new(body, permit))),
+                    );
+                }
+                StateProj::Failed { error } => return Poll::Ready(Err((*error).into())),
+                StateProj::Waiting { acquire, parked } => {
+                    let permit = ready!(acquire.as_mut().poll(cx));
+                    let Some(p) = parked.take() else {
+                        // NOTE: unreachable: `parked` is only taken on the way
+                        // out of this state.
+                        return Poll::Pending;
+                    };
+                    let Parked {
+                        mut svc,
+                        req,
+                        since,
+                        limit,
+                    } = *p;
+                    match permit {
+                        Some(permit) => state.set(State::Called {
+                            fut: svc.call(req),
+                            permit: Some(permit),
+                        }),
+                        None => state.set(State::Failed {
+                            error: ConcurrencyLimited::new(limit, since.elapsed()),
+                        }),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ConcurrencyLimitFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Waiting { .. } => "waiting",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("ConcurrencyLimitFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+pin_project! {
+    /// A response body that holds its call's concurrency slot until it ends,
+    /// fails, or is dropped.
+    ///
+    /// Frames, trailers, errors and size hints pass through unchanged.
+    pub struct ConcurrencyLimitBody<B> {
+        #[pin]
+        inner: B,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<B: Body> ConcurrencyLimitBody<B> {
+    fn new(inner: B, permit: Option<OwnedSemaphorePermit>) -> Self {
+        // A body that is already over (HEAD, 204, empty) holds nothing.
+        let permit = if inner.is_end_stream() { None } else { permit };
+        Self { inner, permit }
+    }
+}
+
+impl<B> ConcurrencyLimitBody<B> {
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Unwraps the body; the slot goes back now.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+
+    /// Whether this body still holds its slot.
+    #[must_use]
+    pub fn holds_slot(&self) -> bool {
+        self.permit.is_some()
+    }
+}
+
+impl<B: Body> Body for ConcurrencyLimitBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        // Over once it says so: a reader may stop at `is_end_stream` without
+        // asking for the final `None`.
+        let over = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+        };
+        if over {
+            drop(this.permit.take());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ConcurrencyLimitBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConcurrencyLimitBody")
+            .field("inner", &self.inner)
+            .field("holds_slot", &self.permit.is_some())
+            .finish()
+    }
+}
