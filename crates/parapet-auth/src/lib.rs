@@ -1,1 +1,113 @@
-//! parapet-auth: under construction.
+//! Credentials on every attempt: static bearer, basic and API keys, and
+//! refreshing tokens fetched once for everyone, with one re-send after a 401.
+//!
+//! [`AuthLayer`] puts credentials on each request that passes through it:
+//!
+//! - static ones: [`AuthLayer::bearer`], [`AuthLayer::basic`],
+//!   [`AuthLayer::api_key_header`], [`AuthLayer::api_key_query`] (the less
+//!   safe choice: URIs reach logs);
+//! - tokens from a [`ProvideToken`] ([`AuthLayer::provider`]), kept by a
+//!   [`TokenCache`] ([`AuthLayer::token_cache`]) that fetches once for any
+//!   number of concurrent callers, refreshes ahead of expiry in the
+//!   background, retries a failing token endpoint with backoff while a valid
+//!   token stays in use, and bounds each fetch with a timeout;
+//! - OAuth 2.0 providers: [`ClientCredentialsGrant`] and
+//!   [`RefreshTokenGrant`] (which keeps the newest refresh token when the
+//!   server rotates it), reaching the token endpoint through any
+//!   `tower::Service` you give a [`TokenEndpoint`], normally the same hyper
+//!   client without this layer.
+//!
+//! With a token cache, a 401 ([`On401`]) invalidates exactly the token the
+//! request carried (never a newer one another task fetched meanwhile), gets
+//! a fresh one and sends the request once more, its body replayed through
+//! [`parapet_core::ReplayBody`]. Never more than once: a second 401 is
+//! returned, and so is a 401 whose body cannot be replayed (over the replay
+//! cap). A 403 (`insufficient_scope`) never refreshes: a new token would
+//! carry the same scope.
+//!
+//! Secrets never print: every injected header value is marked sensitive,
+//! and every type holding a secret ([`SecretString`], [`Token`],
+//! [`CachedToken`], the layer, the grants) redacts it in `Debug`. Errors
+//! and tracing events name what went wrong, never a credential.
+//!
+//! # Where the layer goes
+//!
+//! ```text
+//! RequestId/trace → Deadline → Retry → Throttle → RateLimit → Auth → ConcurrencyLimit → AttemptTimeout → client
+//! ```
+//!
+//! - **Inside retry**, so that each attempt gets the credentials current at
+//!   the time it is sent: an attempt after a token refresh carries the new
+//!   token, not the one the first attempt had. The retry layer arms the
+//!   replayable body; this layer reuses it (one recording per call).
+//! - **Inside the rate limits and throttle**, so that a request waiting for
+//!   its turn does not hold a token that may expire during the wait, and a
+//!   re-send after a 401 is not counted twice against the client's limits.
+//! - **Outside the concurrency limit**, so that a token fetch (which may take
+//!   a while, or wait for another task's fetch) happens before a connection
+//!   slot is taken: callers waiting for a token never starve others of
+//!   slots. The re-send after a 401 takes its own slot.
+//! - **Inside tracing**, so that spans never see the credentials (and an API
+//!   key in the query string is added after the URI was recorded).
+//!
+//! The token endpoint's own service must not go through this layer.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+//! use parapet_auth::{AuthLayer, Token, TokenError, provider_fn};
+//! use parapet_core::ReplayBody;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // A token source: token-0, token-1, ...
+//! let issued = Arc::new(AtomicUsize::new(0));
+//! let n = issued.clone();
+//! let provider = provider_fn(move || {
+//!     let i = n.fetch_add(1, Ordering::SeqCst);
+//!     async move { Ok::<_, TokenError>(Token::new(format!("token-{i}")).with_expires_in(Duration::from_secs(3600))) }
+//! });
+//! // An API that has revoked token-0.
+//! let api = service_fn(|req: Request<ReplayBody>| async move {
+//!     let status = if req.headers()[AUTHORIZATION] == "Bearer token-0" {
+//!         StatusCode::UNAUTHORIZED
+//!     } else {
+//!         StatusCode::OK
+//!     };
+//!     Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(()).unwrap())
+//! });
+//! let svc = ServiceBuilder::new().layer(AuthLayer::provider(provider)).service(api);
+//!
+//! let resp = svc.oneshot(Request::new(String::from("{}"))).await.unwrap();
+//! assert_eq!(resp.status(), StatusCode::OK); // 401, new token, sent again
+//! assert_eq!(issued.load(Ordering::SeqCst), 2);
+//! # }
+//! ```
+
+mod cache;
+mod error;
+mod form;
+mod future;
+mod layer;
+mod oauth2;
+mod secret;
+mod service;
+mod token;
+
+pub use cache::{
+    CachedToken, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFRESH_MARGIN, TokenCache, TokenCacheBuilder,
+};
+pub use error::{InvalidCredential, TokenError};
+pub use future::ResponseFuture;
+pub use layer::{AuthLayer, On401};
+pub use oauth2::{
+    ClientAuth, ClientCredentialsGrant, DEFAULT_MAX_TOKEN_RESPONSE, RefreshTokenGrant,
+    TokenEndpoint,
+};
+pub use secret::SecretString;
+pub use service::Auth;
+pub use token::{FnProvider, ProvideToken, Token, TokenFuture, provider_fn};

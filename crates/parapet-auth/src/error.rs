@@ -1,0 +1,442 @@
+//! The errors this crate creates.
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A credential given to a constructor that cannot be sent as it is.
+///
+/// Construction validates every value once, so a malformed token (say, one
+/// with a trailing newline read from a file) is reported here instead of
+/// failing, or panicking, on every request. The message names the value
+/// and the problem, never the value's content.
+///
+/// ```
+/// use parapet_auth::AuthLayer;
+///
+/// let err = AuthLayer::bearer("abc\n").unwrap_err();
+/// assert!(err.is_control_character());
+/// assert_eq!(err.to_string(), "invalid bearer token: it contains whitespace or a control character");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidCredential {
+    what: &'static str,
+    problem: Problem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    Empty,
+    ControlCharacter,
+    Colon,
+    NotAHeaderName,
+    NotAnAbsoluteUrl,
+    UnusableUri,
+}
+
+impl InvalidCredential {
+    pub(crate) const fn empty(what: &'static str) -> Self {
+        Self {
+            what,
+            problem: Problem::Empty,
+        }
+    }
+
+    pub(crate) const fn control_character(what: &'static str) -> Self {
+        Self {
+            what,
+            problem: Problem::ControlCharacter,
+        }
+    }
+
+    pub(crate) const fn colon(what: &'static str) -> Self {
+        Self {
+            what,
+            problem: Problem::Colon,
+        }
+    }
+
+    pub(crate) const fn not_a_header_name(what: &'static str) -> Self {
+        Self {
+            what,
+            problem: Problem::NotAHeaderName,
+        }
+    }
+
+    pub(crate) const fn not_an_absolute_url(what: &'static str) -> Self {
+        Self {
+            what,
+            problem: Problem::NotAnAbsoluteUrl,
+        }
+    }
+
+    pub(crate) const fn unusable_uri() -> Self {
+        Self {
+            what: "request URI",
+            problem: Problem::UnusableUri,
+        }
+    }
+
+    /// Which value was rejected: `"bearer token"`, `"username"`, `"API key"`,
+    /// `"header name"`, `"token URL"`...
+    #[must_use]
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// The value was empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.problem == Problem::Empty
+    }
+
+    /// The value holds whitespace or a control character (a newline, say)
+    /// where none may be.
+    #[must_use]
+    pub fn is_control_character(&self) -> bool {
+        self.problem == Problem::ControlCharacter
+    }
+}
+
+impl fmt::Display for InvalidCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = self.what;
+        match self.problem {
+            Problem::Empty => write!(f, "invalid {what}: it is empty"),
+            Problem::ControlCharacter => write!(
+                f,
+                "invalid {what}: it contains whitespace or a control character"
+            ),
+            Problem::Colon => write!(f, "invalid {what}: it contains a colon"),
+            Problem::NotAHeaderName => write!(f, "invalid {what}: it is not a valid header name"),
+            Problem::NotAnAbsoluteUrl => {
+                write!(f, "invalid {what}: it is not an absolute http(s) URL")
+            }
+            Problem::UnusableUri => write!(f, "invalid {what}: the API key cannot be added to it"),
+        }
+    }
+}
+
+impl Error for InvalidCredential {}
+
+type Source = Arc<dyn Error + Send + Sync>;
+
+/// A token could not be obtained.
+///
+/// Created by the OAuth 2.0 providers, by the [`TokenCache`](crate::TokenCache)
+/// (timeouts) and by custom providers ([`TokenError::transient`],
+/// [`TokenError::permanent`]). The layer returns it, boxed, when a request
+/// could not get a token; downcast the `BoxError` to read it.
+///
+/// Transient errors (timeouts, transport failures, 5xx, 429) are retried by
+/// the cache with backoff; the others are not. `Clone` (its source is
+/// shared) because one failed fetch answers every caller that waited for it.
+///
+/// ```
+/// use http::StatusCode;
+/// use parapet_auth::TokenError;
+///
+/// let e = TokenError::transient(std::io::Error::other("connection refused"));
+/// assert!(e.is_transient());
+/// assert_eq!(e.status(), None);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokenError {
+    kind: Kind,
+    source: Option<Source>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Timeout(Duration),
+    Status {
+        status: StatusCode,
+        error: Option<String>,
+        description: Option<String>,
+    },
+    Malformed(&'static str),
+    TokenType(String),
+    TooLarge(usize),
+    InvalidToken,
+    Transport,
+    Provider {
+        transient: bool,
+    },
+    Closed,
+}
+
+/// Server-supplied strings kept in an error are cut to this many bytes.
+const MAX_SERVER_TEXT: usize = 256;
+
+fn bounded(s: &str) -> String {
+    let mut end = s.len().min(MAX_SERVER_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+impl TokenError {
+    /// A custom provider's failure that may go away on its own (the token
+    /// service is down, a connection failed): the cache retries it with
+    /// backoff.
+    pub fn transient(source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: Kind::Provider { transient: true },
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// A custom provider's failure that retrying will not fix (credentials
+    /// rejected): the cache does not retry it.
+    pub fn permanent(source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: Kind::Provider { transient: false },
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    pub(crate) const fn timeout(after: Duration) -> Self {
+        Self {
+            kind: Kind::Timeout(after),
+            source: None,
+        }
+    }
+
+    pub(crate) fn rejected(
+        status: StatusCode,
+        error: Option<&str>,
+        description: Option<&str>,
+    ) -> Self {
+        Self {
+            kind: Kind::Status {
+                status,
+                error: error.map(bounded),
+                description: description.map(bounded),
+            },
+            source: None,
+        }
+    }
+
+    pub(crate) const fn malformed(what: &'static str) -> Self {
+        Self {
+            kind: Kind::Malformed(what),
+            source: None,
+        }
+    }
+
+    pub(crate) fn token_type(token_type: &str) -> Self {
+        Self {
+            kind: Kind::TokenType(bounded(token_type)),
+            source: None,
+        }
+    }
+
+    pub(crate) const fn too_large(limit: usize) -> Self {
+        Self {
+            kind: Kind::TooLarge(limit),
+            source: None,
+        }
+    }
+
+    pub(crate) const fn invalid_token() -> Self {
+        Self {
+            kind: Kind::InvalidToken,
+            source: None,
+        }
+    }
+
+    pub(crate) fn transport(source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: Kind::Transport,
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    pub(crate) const fn closed() -> Self {
+        Self {
+            kind: Kind::Closed,
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Whether retrying later may succeed: a timeout, a transport failure,
+    /// a 5xx, 408 or 429 answer, a fetch that ended without an answer, or a
+    /// custom provider's [`transient`](Self::transient) error.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            Kind::Timeout(_) | Kind::Transport | Kind::Closed => true,
+            Kind::Status { status, .. } => {
+                status.is_server_error()
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+                    || *status == StatusCode::REQUEST_TIMEOUT
+            }
+            Kind::Provider { transient } => *transient,
+            Kind::Malformed(_) | Kind::TokenType(_) | Kind::TooLarge(_) | Kind::InvalidToken => {
+                false
+            }
+        }
+    }
+
+    /// The token fetch did not finish within the cache's fetch timeout.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, Kind::Timeout(_))
+    }
+
+    /// The timeout that ran out, for [`is_timeout`](Self::is_timeout).
+    #[must_use]
+    pub fn timeout_after(&self) -> Option<Duration> {
+        match self.kind {
+            Kind::Timeout(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The token endpoint refused: a non-2xx answer, or a 2xx one carrying an
+    /// OAuth `error`. See [`status`](Self::status) and
+    /// [`oauth_error`](Self::oauth_error).
+    #[must_use]
+    pub fn is_rejected(&self) -> bool {
+        matches!(self.kind, Kind::Status { .. })
+    }
+
+    /// The token endpoint's HTTP status, when it answered with an error.
+    #[must_use]
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.kind {
+            Kind::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The OAuth `error` code the token endpoint sent (`invalid_client`,
+    /// `invalid_grant`...), when it sent one.
+    #[must_use]
+    pub fn oauth_error(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Status { error, .. } => error.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The OAuth `error_description`, when the token endpoint sent one (cut
+    /// to 256 bytes).
+    #[must_use]
+    pub fn error_description(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Status { description, .. } => description.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The token response could not be understood: not JSON, a required
+    /// field missing or of the wrong type, a token type other than Bearer,
+    /// a body over the size limit, or a token that cannot be sent in a
+    /// header.
+    #[must_use]
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Malformed(_) | Kind::TokenType(_) | Kind::TooLarge(_) | Kind::InvalidToken
+        )
+    }
+
+    /// The token request could not be sent or its answer not read.
+    #[must_use]
+    pub fn is_transport(&self) -> bool {
+        matches!(self.kind, Kind::Transport)
+    }
+
+    /// A custom provider failed ([`transient`](Self::transient) or
+    /// [`permanent`](Self::permanent)).
+    #[must_use]
+    pub fn is_provider(&self) -> bool {
+        matches!(self.kind, Kind::Provider { .. })
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Timeout(d) => write!(f, "token fetch timed out after {d:?}"),
+            Kind::Status {
+                status,
+                error,
+                description,
+            } => {
+                write!(f, "token endpoint answered {status}")?;
+                if let Some(e) = error {
+                    write!(f, ": {e}")?;
+                }
+                if let Some(d) = description {
+                    write!(f, " ({d})")?;
+                }
+                Ok(())
+            }
+            Kind::Malformed(what) => write!(f, "malformed token response: {what}"),
+            Kind::TokenType(t) => {
+                write!(f, "token endpoint issued a {t:?} token, not a Bearer one")
+            }
+            Kind::TooLarge(limit) => write!(f, "token response is larger than {limit} bytes"),
+            Kind::InvalidToken => {
+                f.write_str("token endpoint issued a token that cannot be sent in a header")
+            }
+            Kind::Transport => f.write_str("token request failed"),
+            Kind::Provider { .. } => f.write_str("token provider failed"),
+            Kind::Closed => f.write_str("token fetch ended without an answer"),
+        }
+    }
+}
+
+impl Error for TokenError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_carry_the_oauth_code() {
+        let e = TokenError::rejected(
+            StatusCode::BAD_REQUEST,
+            Some("invalid_client"),
+            Some("unknown client"),
+        );
+        assert!(e.is_rejected() && !e.is_transient());
+        assert_eq!(e.oauth_error(), Some("invalid_client"));
+        assert_eq!(e.error_description(), Some("unknown client"));
+        assert_eq!(
+            e.to_string(),
+            "token endpoint answered 400 Bad Request: invalid_client (unknown client)"
+        );
+        assert!(TokenError::rejected(StatusCode::SERVICE_UNAVAILABLE, None, None).is_transient());
+    }
+
+    #[test]
+    fn server_text_is_bounded() {
+        let long = "é".repeat(1000);
+        let e = TokenError::rejected(StatusCode::BAD_REQUEST, Some(&long), None);
+        assert!(e.oauth_error().unwrap().len() <= MAX_SERVER_TEXT);
+    }
+
+    #[test]
+    fn sources_are_kept() {
+        let e = TokenError::permanent(std::io::Error::other("nope"));
+        assert!(!e.is_transient() && e.is_provider());
+        assert_eq!(e.source().unwrap().to_string(), "nope");
+        assert_eq!(e.to_string(), "token provider failed");
+    }
+}
