@@ -1,1 +1,148 @@
-//! parapet-retry: under construction.
+//! Safe, bounded, `Retry-After`-aware retries with body replay.
+//!
+//! [`RetryLayer`] retries a transient failure with backoff, never sends a
+//! POST twice by accident, obeys a server that says "wait", and does not
+//! hammer a failing dependency.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use http::{Request, Response, StatusCode};
+//! use parapet_core::ReplayBody;
+//! use parapet_retry::RetryLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! // A stand-in server that fails twice with 503, then answers.
+//! let hits = Arc::new(AtomicU32::new(0));
+//! let seen = Arc::clone(&hits);
+//! let server = service_fn(move |_req: Request<ReplayBody>| {
+//!     let n = seen.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         let status = if n < 2 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!         Ok::<_, Infallible>(Response::builder().status(status).body(String::new()).unwrap())
+//!     }
+//! });
+//! let client = ServiceBuilder::new().layer(RetryLayer::default()).service(server);
+//!
+//! let res = client.oneshot(Request::get("http://api.test/items").body(String::new()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(hits.load(Ordering::SeqCst), 3);
+//! # }
+//! ```
+//!
+//! # What is retried
+//!
+//! - **Who may be sent again**: only an idempotent request, by
+//!   parapet-core's [`IdempotencyRules`](parapet_core::IdempotencyRules)
+//!   (RFC 9110 methods; the per-request
+//!   [`Idempotency`](parapet_core::Idempotency) override; an
+//!   `Idempotency-Key` header once trusted). A failure that proves the
+//!   request never left ([`request_never_sent`]: connection refused,
+//!   connect or DNS failure) is retried for any method. Attempt timeouts
+//!   and transport errors after the request may have been written are
+//!   retried for idempotent requests only.
+//! - **What counts as transient**: by default the statuses 408, 429, 500,
+//!   502, 503, 504 and every error from the inner service; configurable by
+//!   a status list ([`RetryPolicyBuilder::retry_on`]) and a classifier
+//!   ([`RetryPolicyBuilder::classify`]) that sees the method, URI, status,
+//!   headers and error.
+//! - **How often**: 3 attempts in all by default, and optionally no retry
+//!   that would start more than [`max_elapsed`](RetryPolicyBuilder::max_elapsed)
+//!   after the call began, whichever comes first.
+//! - **When**: after an exponential backoff (base 100 ms, factor 2, cap 20 s,
+//!   [full jitter](BackoffJitter) by default, a floor of 10 ms). On 429 and
+//!   503 (others opt in) a `Retry-After` is obeyed: the wait is the longer
+//!   of the backoff and the server's, the server's spread up to 10 %
+//!   upwards. A `Retry-After` longer than
+//!   [`max_retry_after`](RetryPolicyBuilder::max_retry_after) (60 s) or than
+//!   the time left before the call's [`Deadline`](parapet_core::Deadline)
+//!   means: no wait, the response is returned at once (a facade can turn
+//!   it into an error carrying the `Retry-After`). A malformed
+//!   `Retry-After` is ignored (plain backoff). No wait is started that
+//!   would end after the deadline.
+//! - **How much in all**: a [`RetryBudget`] per host, shared by every
+//!   clone: retries add at most 20 % to the calls made, plus 10 retries per
+//!   second.
+//! - **Bodies**: the request body is wrapped in a
+//!   [`ReplayBody`](parapet_core::ReplayBody) capped at 64 KiB (a
+//!   `ReplayBody` an outer layer armed is reused). A body that cannot be
+//!   replayed (over the cap, or its stream failed) is not retried: the
+//!   attempt's result is returned and a trace event says why.
+//!
+//! A response discarded for a retry has its body read (up to 4 KiB, for at
+//! most 100 ms, while the wait runs) so its connection can go back to the
+//! pool, or is dropped. Each attempt's request carries an
+//! [`Attempt`](parapet_core::Attempt) extension.
+//!
+//! # Trace events
+//!
+//! All at `DEBUG`, except the two that point at configuration, at `INFO`.
+//! Each has the fields `method`, `host` (the URI's authority without user
+//! information), `attempt` and `reason` (`status 503`, `request not sent`
+//! or `transport error`).
+//!
+//! | message | level | extra fields |
+//! | --- | --- | --- |
+//! | `retrying request` | DEBUG | `attempt` is the one about to start; `delay_ms`, `delay_source` (`backoff` or `server`) |
+//! | `not retrying: the request is not idempotent` | DEBUG | |
+//! | `not retrying: no attempts left` | DEBUG | |
+//! | `not retrying: Retry-After is longer than the maximum` | DEBUG | `retry_after_s` |
+//! | `not retrying: Retry-After ends after the deadline` | DEBUG | `retry_after_s` |
+//! | `not retrying: the wait would end after the deadline` | DEBUG | `delay_ms` |
+//! | `not retrying: the request body cannot be replayed` | INFO | `error` |
+//! | `not retrying: retry budget exhausted` | INFO | |
+//!
+//! No event is at `WARN` or `ERROR`: a retried 503 is the layer working.
+//!
+//! # Where it goes in a stack
+//!
+//! Inside the deadline layer (so the whole call, waits included, has one
+//! budget of time, and the retry layer can see it), outside the per-host
+//! throttle, rate limit, auth, concurrency limit and attempt timeout (each
+//! attempt passes through them again: a fresh token, a new slot, its own
+//! timeout):
+//!
+//! ```text
+//! request id / trace → deadline → RETRY → throttle → rate limit → auth
+//!     → concurrency limit → attempt timeout → hyper-util client
+//! ```
+//!
+//! # Cost per call
+//!
+//! The future is not boxed. On the common path (one attempt that
+//! succeeds) a call makes one copy of the request head so that it can be
+//! sent again: the `HeaderMap`'s tables and, when the request carries
+//! extensions, their map (one allocation per extension); header values and
+//! the URI are reference-counted and not copied. A streamed request body
+//! gets the `ReplayBody`'s shared recording (one `Arc`; frames are kept by
+//! reference count, up to the cap); bodies in memory and empty bodies cost
+//! nothing. The `Attempt` extension is inserted into the request's
+//! extensions. The budget takes one short lock per call and one per retry.
+//! With [`max_attempts(1)`](RetryPolicyBuilder::max_attempts) no copy is
+//! made and no budget is kept per call.
+//!
+//! # Features
+//!
+//! - `hyper-util` (off by default; the `parapet` facade turns it on): also
+//!   recognise `hyper_util::client::legacy::Error::is_connect()` as "the
+//!   request never left"; see [`request_never_sent`].
+
+mod backoff;
+mod budget;
+mod future;
+mod layer;
+mod never_sent;
+mod policy;
+mod service;
+
+pub use backoff::BackoffJitter;
+pub use budget::RetryBudget;
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use never_sent::request_never_sent;
+pub use policy::{
+    DEFAULT_RETRY_STATUSES, InvalidRetryPolicy, Outcome, RetryPolicy, RetryPolicyBuilder, Verdict,
+};
+pub use service::Retry;

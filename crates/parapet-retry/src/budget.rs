@@ -1,0 +1,375 @@
+//! The retry budget: retries add at most a given share of load, per host.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How many retries a client may add on top of its calls, per host.
+///
+/// A retry budget keeps a failing dependency from being hammered: when
+/// most calls fail, retrying each of them up to the attempt limit would
+/// multiply the load on a server that is already in trouble. The budget
+/// says "retries add at most `percent` % to the calls made, plus a floor of
+/// `min_per_second` retries per second so that a quiet client can still
+/// retry". It works like Finagle's and tower's `TpsBudget`: a sliding window
+/// (default 10 s, in ten slots) of calls made and retries spent. A retry is
+/// allowed when, over the window,
+///
+/// ```text
+/// retries + 1 <= percent/100 × calls + min_per_second × seconds the window has been open
+/// ```
+///
+/// The floor builds up second by second from the first call to a host (it
+/// is not granted all at once), so over any stretch of `t` seconds since the
+/// first call a host sees at most `(1 + percent/100) × calls +
+/// min_per_second × ⌈t⌉` requests.
+///
+/// The budget is shared by every clone of the service and by every service
+/// one [`RetryLayer`](crate::RetryLayer) makes, and kept per host (the URI's
+/// authority without any user information), in a table of at most
+/// [`max_hosts`](Self::max_hosts) entries: when it is full, a new host
+/// replaces the one used least recently. When the budget refuses a retry,
+/// the response or error at hand is returned and a trace event says so.
+///
+/// ```
+/// use std::time::Duration;
+/// use parapet_retry::{RetryBudget, RetryPolicy};
+///
+/// let policy = RetryPolicy::builder()
+///     .budget(RetryBudget::new().percent(10).min_per_second(5).window(Duration::from_secs(30)))
+///     .build()
+///     .unwrap();
+/// # let _ = policy;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    percent: u32,
+    min_per_second: u32,
+    window: Duration,
+    max_hosts: usize,
+}
+
+/// Slots in a window.
+const SLOTS: usize = 10;
+
+impl RetryBudget {
+    /// The default budget: 20 %, 10 retries per second, a 10 s window,
+    /// 1024 hosts.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            percent: 20,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
+            max_hosts: 1024,
+        }
+    }
+
+    /// The share of calls, in percent, that retries may add. At most 1000.
+    /// Default: 20.
+    #[must_use]
+    pub const fn percent(mut self, percent: u32) -> Self {
+        self.percent = percent;
+        self
+    }
+
+    /// Retries per second allowed whatever the share. Default: 10.
+    #[must_use]
+    pub const fn min_per_second(mut self, retries: u32) -> Self {
+        self.min_per_second = retries;
+        self
+    }
+
+    /// How far back calls and retries count: at least 1 s and at most one
+    /// hour. Default: 10 s.
+    #[must_use]
+    pub const fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// How many hosts are tracked at once; at least 1. Each takes about 150
+    /// bytes plus its name. Default: 1024.
+    #[must_use]
+    pub const fn max_hosts(mut self, hosts: usize) -> Self {
+        self.max_hosts = hosts;
+        self
+    }
+
+    /// The share in percent.
+    #[must_use]
+    pub const fn get_percent(&self) -> u32 {
+        self.percent
+    }
+
+    /// The floor in retries per second.
+    #[must_use]
+    pub const fn get_min_per_second(&self) -> u32 {
+        self.min_per_second
+    }
+
+    /// The window.
+    #[must_use]
+    pub const fn get_window(&self) -> Duration {
+        self.window
+    }
+
+    /// The most hosts tracked.
+    #[must_use]
+    pub const fn get_max_hosts(&self) -> usize {
+        self.max_hosts
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        if self.percent > 1000 {
+            return Err("retry budget percent is above 1000");
+        }
+        if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(3600) {
+            return Err("retry budget window is outside 1 s ..= 1 h");
+        }
+        if self.max_hosts == 0 {
+            return Err("retry budget tracks no host");
+        }
+        Ok(())
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The shared state of a budget: one entry per host.
+#[derive(Debug)]
+pub(crate) struct Budgets {
+    config: RetryBudget,
+    origin: Instant,
+    slot_len: Duration,
+    /// Milli-retries one call deposits: `percent × 10`.
+    deposit: u64,
+    /// Milli-retries the floor adds per slot.
+    floor_per_slot: u64,
+    hosts: Mutex<HashMap<Box<str>, Host>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// Which slot (counted from `origin`) these counts belong to.
+    index: u64,
+    calls: u64,
+    retries: u64,
+}
+
+#[derive(Debug)]
+struct Host {
+    /// The slot of the first call, from which the floor builds up.
+    first: u64,
+    last_used: u64,
+    slots: [Slot; SLOTS],
+}
+
+impl Budgets {
+    pub(crate) fn new(config: RetryBudget) -> Self {
+        let slot_len = config.window / u32::try_from(SLOTS).unwrap_or(10);
+        let slot_ms = u64::try_from(slot_len.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            config,
+            origin: Instant::now(),
+            slot_len,
+            deposit: u64::from(config.percent) * 10,
+            floor_per_slot: u64::from(config.min_per_second).saturating_mul(slot_ms),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot_index(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.origin).as_nanos();
+        let len = self.slot_len.as_nanos().max(1);
+        u64::try_from(elapsed / len).unwrap_or(u64::MAX)
+    }
+
+    /// Counts a call to `host`.
+    pub(crate) fn deposit(&self, host: &str, now: Instant) {
+        let index = self.slot_index(now);
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = hosts.get_mut(host) {
+            if let Some(slot) = h.slot(index) {
+                slot.calls += 1;
+            }
+            h.last_used = index;
+            return;
+        }
+        if hosts.len() >= self.config.max_hosts {
+            // NOTE: only when a new host arrives at a full table: one scan.
+            let oldest = hosts
+                .iter()
+                .min_by_key(|(_, h)| h.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                hosts.remove(&k);
+            }
+        }
+        let mut h = Host {
+            first: index,
+            last_used: index,
+            slots: [Slot::default(); SLOTS],
+        };
+        if let Some(slot) = h.slot(index) {
+            slot.calls = 1;
+        }
+        hosts.insert(host.into(), h);
+    }
+
+    /// Spends one retry for `host` if the budget allows it.
+    pub(crate) fn withdraw(&self, host: &str, now: Instant) -> bool {
+        let index = self.slot_index(now);
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(h) = hosts.get_mut(host) else {
+            // Forgotten (evicted) since the call was counted: no history,
+            // so only the floor of one slot.
+            return self.floor_per_slot >= 1000;
+        };
+        let (calls, retries) = h.window_totals(index);
+        let open_slots = (index.saturating_sub(h.first) + 1).min(SLOTS as u64);
+        let allowance = calls
+            .saturating_mul(self.deposit)
+            .saturating_add(self.floor_per_slot.saturating_mul(open_slots));
+        if retries.saturating_add(1).saturating_mul(1000) > allowance {
+            return false;
+        }
+        if let Some(slot) = h.slot(index) {
+            slot.retries += 1;
+        }
+        h.last_used = index;
+        true
+    }
+
+    #[cfg(test)]
+    fn hosts(&self) -> usize {
+        self.hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Host {
+    /// The slot for `index`, emptied first if it held an older one.
+    fn slot(&mut self, index: u64) -> Option<&mut Slot> {
+        let i = usize::try_from(index % SLOTS as u64).ok()?;
+        let slot = self.slots.get_mut(i)?;
+        if slot.index != index {
+            *slot = Slot {
+                index,
+                calls: 0,
+                retries: 0,
+            };
+        }
+        Some(slot)
+    }
+
+    fn window_totals(&self, index: u64) -> (u64, u64) {
+        self.slots
+            .iter()
+            .filter(|s| index.saturating_sub(s.index) < SLOTS as u64 && s.index <= index)
+            .fold((0, 0), |(c, r), s| (c + s.calls, r + s.retries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budgets(percent: u32, floor: u32) -> Budgets {
+        Budgets::new(RetryBudget::new().percent(percent).min_per_second(floor))
+    }
+
+    fn retries_allowed(b: &Budgets, host: &str, now: Instant) -> u32 {
+        let mut n = 0;
+        while b.withdraw(host, now) {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_host_gets_the_floor_of_one_second() {
+        let b = budgets(20, 10);
+        let now = Instant::now();
+        b.deposit("a:80", now);
+        // 0.2 from the call, 10 from the floor.
+        assert_eq!(retries_allowed(&b, "a:80", now), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_add_at_most_the_share_plus_the_floor() {
+        let b = budgets(20, 10);
+        let now = Instant::now();
+        for _ in 0..1000 {
+            b.deposit("h", now);
+        }
+        assert_eq!(retries_allowed(&b, "h", now), 200 + 10);
+        // One second later the floor has grown by ten more.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(retries_allowed(&b, "h", Instant::now()), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides() {
+        let b = budgets(20, 0);
+        for _ in 0..100 {
+            b.deposit("h", Instant::now());
+        }
+        assert_eq!(retries_allowed(&b, "h", Instant::now()), 20);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..50 {
+            b.deposit("h", Instant::now());
+        }
+        // 150 calls in the window, 20 retries already spent.
+        assert_eq!(retries_allowed(&b, "h", Instant::now()), 10);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // The first 100 calls and the first 20 retries have left the window.
+        assert_eq!(retries_allowed(&b, "h", Instant::now()), 0);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.deposit("h", Instant::now());
+        assert_eq!(retries_allowed(&b, "h", Instant::now()), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hosts_are_separate_and_bounded() {
+        let b = Budgets::new(
+            RetryBudget::new()
+                .percent(100)
+                .min_per_second(0)
+                .max_hosts(2),
+        );
+        let now = Instant::now();
+        b.deposit("a", now);
+        b.deposit("b", now);
+        assert!(b.withdraw("a", now));
+        assert!(!b.withdraw("a", now));
+        assert!(b.withdraw("b", now));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.deposit("a", Instant::now());
+        b.deposit("c", Instant::now()); // evicts "b", used least recently
+        assert_eq!(b.hosts(), 2);
+        assert!(b.withdraw("c", Instant::now()));
+        assert!(!b.withdraw("b", Instant::now()));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(RetryBudget::new().validate().is_ok());
+        assert!(RetryBudget::new().percent(1001).validate().is_err());
+        assert!(
+            RetryBudget::new()
+                .window(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(RetryBudget::new().max_hosts(0).validate().is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! [`Retry`]: the service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use parapet_core::{Attempt, BoxError, ReplayBody};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::future::{Call, ResponseFuture, RetryState, host_of};
+use crate::layer::{RetryLayer, Shared};
+use crate::policy::RetryPolicy;
+
+/// Retries transient failures of the inner service; see the
+/// [crate docs](crate).
+///
+/// The request body is wrapped in a [`ReplayBody`] (reusing one that is
+/// already there) and the inner service sees `Request<ReplayBody>`. Cheap to
+/// clone: the policy and the budget are shared.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner`, retrying by `policy`, with a budget of its own
+    /// (shared by its clones).
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        Self::from_shared(inner, Shared::new(policy))
+    }
+
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// A layer making this service; see [`RetryLayer::new`].
+    #[must_use]
+    pub fn layer(policy: RetryPolicy) -> RetryLayer {
+        RetryLayer::new(policy)
+    }
+
+    /// The policy.
+    #[must_use]
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Body,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let policy = &self.shared.policy;
+        let max = policy.max_attempts;
+        let (mut parts, body) = req.into_parts();
+        let body = ReplayBody::new(body, policy.replay_cap);
+        // The ready service makes this call; its clone stays for the next.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let retry = (max > 1).then(|| {
+            let now = Instant::now();
+            if let Some(budgets) = &self.shared.budgets {
+                budgets.deposit(host_of(&parts.uri), now);
+            }
+            RetryState {
+                // NOTE: the one copy of the request head a call makes.
+                parts: parts.clone(),
+                body: body.try_replay(),
+                attempt: 1,
+                started: now,
+                previous_delay: Duration::ZERO,
+            }
+        });
+        parts.extensions.insert(Attempt::new(1, max));
+        let future = service.call(Request::from_parts(parts, body));
+        ResponseFuture::new(
+            future,
+            Call {
+                service,
+                shared: Arc::clone(&self.shared),
+                retry,
+            },
+        )
+    }
+}
