@@ -14,21 +14,27 @@
 //!
 //! # What each timer covers
 //!
-//! One call through a full stack, with a retry between two attempts:
+//! One call through a full stack, whose first attempt failed and was retried:
 //!
 //! ```text
-//!  time ─────────────────────────────────────────────────────────────────────────────────▶
-//!
-//!  call    waits in the   pool checkout,  request   response   body frames     last
-//!  starts  stack (rate    connect (TCP,   written   headers    ▮  ▮    ▮  ▮    frame
-//!          limit, slot)   TLS)
-//!    │                                                 │                         │
-//!    ├─ DeadlineLayer: the call's deadline ────────────┼─────────────────────────┤ (body: unless exempt)
-//!    │   attempt 1 ... fails ─┤ backoff ├─ attempt 2 ──┤
-//!    │              ├─ AttemptTimeoutLayer ────────────┤
-//!    │                                                 ├ idle ┤├ idle ┤  ├ idle ┤  body_idle_timeout
-//!    │                                                 ├─ body_timeout ──────────┤
+//! time ────────────────────────────────────────────────────────────────────────────────────────────▶
+//! call    attempt 1   backoff waits in   pool checkout,     request          response  body     last
+//! starts  (failed)            the stack  connect            written          headers   frames   frame
+//! │       │          │        │          │                                   │                    │
+//! ├─ call deadline (DeadlineLayer; the body part unless exempt) ──────────────────────────────────┤
+//!         ├─ attempt ┤                   ├─ attempt limit (AttemptTimeout) ──┤
+//!                                                                            ├idle┤ ├idle┤ ├─idle┤
+//!                                                                            ├─ body_timeout ─────┤
 //! ```
+//!
+//! - *call deadline*: [`DeadlineLayer`], from the call to the body's last
+//!   frame (to the headers only, for an exempt body);
+//! - *attempt limit*: [`AttemptTimeoutLayer`], from the attempt's call to
+//!   its response headers, cut short by the deadline;
+//! - *idle*: [`AttemptTimeoutLayer::body_idle_timeout`], each wait for the
+//!   next body frame;
+//! - *body_timeout*: [`AttemptTimeoutLayer::body_timeout`], from the
+//!   headers to the body's last frame.
 //!
 //! | phase                                              | deadline | attempt limit | body idle | body total |
 //! |----------------------------------------------------|:--------:|:-------------:|:---------:|:----------:|
@@ -52,8 +58,9 @@
 //!   download opts out per request with [`BodyDeadline::exempt`] (or for the
 //!   whole layer with [`DeadlineLayer::cover_body`]) and relies on
 //!   [`AttemptTimeoutLayer::body_idle_timeout`] to notice a stalled server.
-//!   Body timers run only while the body waits for the server, not while
-//!   the reader is busy with a frame.
+//!   Body timers are checked while the body waits for the server: a frame
+//!   already received is handed over even if a limit passed meanwhile, and
+//!   time the reader spends elsewhere never counts as idle.
 //!
 //! When a body limit fires, the body yields the typed error
 //! ([`DeadlineExceeded`] with [`is_body`](DeadlineExceeded::is_body), or
