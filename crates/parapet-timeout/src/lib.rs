@@ -33,7 +33,7 @@
 //!   its response headers, cut short by the deadline;
 //! - *idle*: [`AttemptTimeoutLayer::body_idle_timeout`], each wait for the
 //!   next body frame;
-//! - *body_timeout*: [`AttemptTimeoutLayer::body_timeout`], from the
+//! - *`body_timeout`*: [`AttemptTimeoutLayer::body_timeout`], from the
 //!   headers to the body's last frame.
 //!
 //! | phase                                              | deadline | attempt limit | body idle | body total |
