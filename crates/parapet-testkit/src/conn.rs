@@ -305,7 +305,7 @@ impl Conn {
                     return Ok(Some(head));
                 }
                 if self.buf.len() > MAX_HEAD {
-                    return Err(ReadError::Bad(413));
+                    return Err(ReadError::Bad(431));
                 }
             }
             if self.fill().await.is_err() {

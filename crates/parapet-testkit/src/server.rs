@@ -48,9 +48,9 @@ pub(crate) type Handler = Arc<dyn Fn(&Arrival) -> Reply + Send + Sync>;
 /// reply ends it. Connections are numbered 1, 2, 3, ... in the order they
 /// are accepted ([`Arrival::connection`]). Request bodies may be sent with
 /// `content-length` or chunked; `expect: 100-continue` is answered. A
-/// request the server cannot parse is answered `400` (`413` for a head over
-/// 64 KiB or a body over 64 MiB) and its connection closed; it is not
-/// recorded as an arrival. A path with no route is answered `404`.
+/// request the server cannot parse is answered `400` (`431` for a head over
+/// 64 KiB or with more than 128 header lines, `413` for a body over 64 MiB)
+/// and its connection closed; it is not recorded as an arrival. A path with no route is answered `404`.
 ///
 /// # Shutdown
 ///
