@@ -606,6 +606,23 @@ mod tests {
         assert_eq!(CallDeadline::<()>::layer(SEC).budget(), SEC);
     }
 
+    #[test]
+    fn futures_and_bodies_are_send_and_sync_when_their_parts_are() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<
+            CallDeadlineFuture<std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>>,
+        >();
+        send_sync::<
+            crate::future::AttemptTimeoutFuture<
+                std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+            >,
+        >();
+        send_sync::<TimeoutBody<Full<Bytes>>>();
+        send_sync::<DeadlineExceeded>();
+        send_sync::<AttemptTimedOut>();
+        send_sync::<BodyTimedOut>();
+    }
+
     /// A service that is never ready, counting how often it was asked.
     #[derive(Clone)]
     struct NotReady(Arc<AtomicUsize>);

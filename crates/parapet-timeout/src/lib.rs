@@ -61,6 +61,12 @@
 //!   Body timers are checked while the body waits for the server: a frame
 //!   already received is handed over even if a limit passed meanwhile, and
 //!   time the reader spends elsewhere never counts as idle.
+//! - **Why the body limits are options of the attempt layer** rather than a
+//!   layer of their own: they bound one attempt's response, read over one
+//!   connection, and belong where that layer already is, just above the
+//!   client. Both layers wrap the response body in a [`TimeoutBody`]: the
+//!   deadline layer's enforces the call's deadline, the attempt layer's the
+//!   idle and total limits (it is a pass-through when neither is set).
 //!
 //! When a body limit fires, the body yields the typed error
 //! ([`DeadlineExceeded`] with [`is_body`](DeadlineExceeded::is_body), or
