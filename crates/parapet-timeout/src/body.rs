@@ -267,13 +267,12 @@ where
             None => return Poll::Pending,
         }
 
-        let failure = armed;
-        *this.failed = Some(failure);
+        *this.failed = Some(armed);
         this.timer.set(None);
         // Drop the inner body now: its connection must not be reused, and
         // whatever was held until the body's end is released.
         this.inner.set(None);
-        Poll::Ready(Some(Err(failure.to_error())))
+        Poll::Ready(Some(Err(armed.to_error())))
     }
 
     fn is_end_stream(&self) -> bool {
