@@ -11,6 +11,13 @@ use parapet_trace::{AttemptTraceLayer, RequestId, RequestIdLayer, TraceLayer};
 use support::{TestRetry, hyper_client};
 use tower::{ServiceBuilder, ServiceExt};
 
+/// Every test in this binary listens with a subscriber: a test without one
+/// could cache "nobody listens" for a callsite while another test registers
+/// its subscriber (tracing's interest cache is process-wide).
+fn listen() -> tracing::subscriber::DefaultGuard {
+    tracing::subscriber::set_default(support::subscriber().0)
+}
+
 fn stack(
     max: u32,
 ) -> impl tower::Service<
@@ -28,6 +35,7 @@ fn stack(
 
 #[tokio::test]
 async fn every_attempt_carries_the_same_id() {
+    let _guard = listen();
     let server = Server::start().await;
     server
         .on("/flaky")
@@ -50,6 +58,7 @@ async fn every_attempt_carries_the_same_id() {
 
 #[tokio::test]
 async fn separate_calls_get_separate_ids() {
+    let _guard = listen();
     let server = Server::start().await;
     server.on("/x").reply(Reply::ok());
     let svc = stack(1);
@@ -68,6 +77,7 @@ async fn separate_calls_get_separate_ids() {
 
 #[tokio::test]
 async fn a_callers_id_is_kept_on_every_attempt() {
+    let _guard = listen();
     let server = Server::start().await;
     server
         .on("/flaky")
