@@ -504,3 +504,344 @@ impl<B: fmt::Debug> fmt::Debug for ConcurrencyLimitBody<B> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use parapet_core::Deadline;
+    use tokio::time::Sleep;
+    use tower::{ServiceExt, service_fn};
+
+    fn n(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).unwrap()
+    }
+
+    /// What the stand-in server saw.
+    #[derive(Default)]
+    struct Seen {
+        in_flight: AtomicUsize,
+        most: AtomicUsize,
+        order: Mutex<Vec<u64>>,
+    }
+
+    /// Leaves the server's in-flight count when the body ends or is dropped.
+    struct InFlight(Arc<Seen>);
+
+    impl InFlight {
+        fn enter(seen: &Arc<Seen>) -> Self {
+            let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.most.fetch_max(now, Ordering::SeqCst);
+            Self(Arc::clone(seen))
+        }
+    }
+
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A body that drips `chunks` one-byte chunks, one every `every`.
+    struct Drip {
+        chunks: usize,
+        every: Duration,
+        sleep: Pin<Box<Sleep>>,
+        in_flight: Option<InFlight>,
+    }
+
+    impl fmt::Debug for Drip {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Drip")
+                .field("chunks", &self.chunks)
+                .finish()
+        }
+    }
+
+    impl Body for Drip {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.chunks == 0 {
+                return Poll::Ready(None);
+            }
+            ready!(self.sleep.as_mut().poll(cx));
+            let every = self.every;
+            self.sleep.as_mut().reset(Instant::now() + every);
+            self.chunks -= 1;
+            if self.chunks == 0 {
+                self.in_flight = None;
+            }
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.chunks == 0
+        }
+    }
+
+    /// A stand-in server that answers at once with a dripping body of
+    /// `chunks(id)` chunks 1 ms apart (`x-id` names the call).
+    fn server(
+        seen: &Arc<Seen>,
+        chunks: fn(u64) -> usize,
+    ) -> impl Service<Request<()>, Response = Response<Drip>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        let seen = Arc::clone(seen);
+        service_fn(move |req: Request<()>| {
+            let id: u64 = req
+                .headers()
+                .get("x-id")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            seen.order.lock().unwrap().push(id);
+            let every = Duration::from_millis(1);
+            let body = Drip {
+                chunks: chunks(id),
+                every,
+                sleep: Box::pin(tokio::time::sleep(every)),
+                in_flight: Some(InFlight::enter(&seen)),
+            };
+            async move { Ok::<_, BoxError>(Response::new(body)) }
+        })
+    }
+
+    fn req(uri: &str, id: u64) -> Request<()> {
+        Request::get(uri).header("x-id", id).body(()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hundred_tasks_through_a_limit_of_8_go_in_arrival_order() {
+        let seen = Arc::new(Seen::default());
+        let svc =
+            ConcurrencyLimitLayer::new(n(8)).layer(server(&seen, |id| 1 + (id * 7 % 13) as usize));
+        let tasks: Vec<_> = (0..100)
+            .map(|id| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let res = svc.oneshot(req("http://h/", id)).await.unwrap();
+                    res.into_body().collect().await.unwrap().to_bytes().len()
+                })
+            })
+            .collect();
+        for (id, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), 1 + (id as u64 * 7 % 13) as usize);
+        }
+        assert_eq!(seen.most.load(Ordering::SeqCst), 8);
+        assert_eq!(seen.in_flight.load(Ordering::SeqCst), 0);
+        assert_eq!(*seen.order.lock().unwrap(), (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slot_is_held_until_the_body_ends() {
+        let seen = Arc::new(Seen::default());
+        let layer = ConcurrencyLimitLayer::new(n(1)).reject();
+        let svc = layer.layer(server(&seen, |_| 3));
+        let res = svc.clone().oneshot(req("/", 0)).await.unwrap();
+        assert!(res.body().holds_slot());
+        let err = svc.clone().oneshot(req("/", 1)).await.unwrap_err();
+        let limited = err.downcast_ref::<ConcurrencyLimited>().unwrap();
+        assert_eq!(limited.limit(), 1);
+        assert_eq!(limited.waited(), Duration::ZERO);
+
+        let mut body = res.into_body();
+        body.frame().await.unwrap().unwrap();
+        assert!(
+            svc.clone().oneshot(req("/", 2)).await.is_err(),
+            "still streaming"
+        );
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert!(!body.holds_slot(), "released with the last chunk");
+        let res = svc.clone().oneshot(req("/", 3)).await.unwrap();
+        // A dropped body gives its slot back too.
+        drop(res);
+        let res = svc.clone().oneshot(req("/", 4)).await.unwrap();
+        drop(res);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_body_or_call_releases_at_once() {
+        #[derive(Debug)]
+        struct Failing;
+        impl Body for Failing {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                Poll::Ready(Some(Err("reset".into())))
+            }
+        }
+        let failing_body =
+            service_fn(|_req: Request<()>| async { Ok::<_, BoxError>(Response::new(Failing)) });
+        let svc = ConcurrencyLimitLayer::new(n(1))
+            .reject()
+            .layer(failing_body);
+        let res = svc.clone().oneshot(req("/", 0)).await.unwrap();
+        let mut body = res.into_body();
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(!body.holds_slot());
+        let _second = svc.clone().oneshot(req("/", 1)).await.unwrap();
+
+        let failing_call = service_fn(|_req: Request<()>| async {
+            Err::<Response<Empty<Bytes>>, BoxError>("connection refused".into())
+        });
+        let svc = ConcurrencyLimitLayer::new(n(1))
+            .reject()
+            .layer(failing_call);
+        for _ in 0..3 {
+            let err = svc.clone().oneshot(req("/", 0)).await.unwrap_err();
+            assert_eq!(err.to_string(), "connection refused");
+        }
+
+        // An empty body holds nothing even while the response is kept.
+        let empty = service_fn(|_req: Request<()>| async {
+            Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
+        });
+        let svc = ConcurrencyLimitLayer::new(n(1)).reject().layer(empty);
+        let kept = svc.clone().oneshot(req("/", 0)).await.unwrap();
+        let _also = svc.clone().oneshot(req("/", 1)).await.unwrap();
+        drop(kept);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_is_bounded_by_max_wait_and_the_deadline() {
+        let seen = Arc::new(Seen::default());
+        let layer = ConcurrencyLimitLayer::new(n(1));
+        let svc = layer
+            .clone()
+            .max_wait(Duration::from_millis(300))
+            .layer(server(&seen, |_| 1));
+        let held = svc.clone().oneshot(req("/", 0)).await.unwrap();
+        let start = Instant::now();
+        let err = svc.clone().oneshot(req("/", 1)).await.unwrap_err();
+        let limited = err.downcast_ref::<ConcurrencyLimited>().unwrap();
+        assert_eq!(limited.waited(), Duration::from_millis(300));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+
+        let unbounded = layer.layer(server(&seen, |_| 1));
+        let mut r = req("/", 2);
+        Deadline::after(Duration::from_millis(100)).apply(r.extensions_mut());
+        let err = unbounded.clone().oneshot(r).await.unwrap_err();
+        assert!(err.is::<ConcurrencyLimited>());
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+
+        // A waiter gets the slot as soon as the body is done.
+        let waiter = tokio::spawn(unbounded.clone().oneshot(req("/", 3)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        held.into_body().collect().await.unwrap();
+        let res = waiter.await.unwrap().unwrap();
+        // (The held body's one chunk was due long ago.)
+        assert_eq!(start.elapsed(), Duration::from_millis(450));
+        drop(res);
+        assert_eq!(*seen.order.lock().unwrap(), [0, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_authority_limits_do_not_block_other_authorities() {
+        let seen = Arc::new(Seen::default());
+        let layer = ConcurrencyLimitLayer::per_authority(n(2)).reject();
+        let svc = layer.layer(server(&seen, |_| 1));
+        let a1 = svc.clone().oneshot(req("http://a/", 0)).await.unwrap();
+        let a2 = svc.clone().oneshot(req("http://a/", 1)).await.unwrap();
+        assert!(svc.clone().oneshot(req("http://a/", 2)).await.is_err());
+        let b1 = svc.clone().oneshot(req("http://b/", 3)).await.unwrap();
+        let b2 = svc.clone().oneshot(req("http://b/", 4)).await.unwrap();
+        assert_eq!(layer.tracked_keys(), 2);
+        drop((a1, a2, b1, b2));
+        // Idle state is forgotten.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(layer.tracked_keys(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_ready_takes_no_slot() {
+        let seen = Arc::new(Seen::default());
+        let svc = ConcurrencyLimitLayer::new(n(1))
+            .reject()
+            .layer(server(&seen, |_| 1));
+        let mut clones: Vec<_> = (0..10).map(|_| svc.clone()).collect();
+        for c in &mut clones {
+            c.ready().await.unwrap();
+        }
+        let res = clones[7].call(req("/", 0)).await.unwrap();
+        drop(res);
+        clones[2].call(req("/", 1)).await.unwrap();
+    }
+
+    /// A small deterministic generator for "random" moments.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_at_random_moments_leaves_the_full_limit() {
+        for per_authority in [false, true] {
+            let seen = Arc::new(Seen::default());
+            let layer = if per_authority {
+                ConcurrencyLimitLayer::per_authority(n(4))
+            } else {
+                ConcurrencyLimitLayer::new(n(4))
+            };
+            let svc = layer.layer(server(&seen, |id| 1 + (id % 20) as usize));
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+            let tasks: Vec<_> = (0..300)
+                .map(|id| {
+                    let svc = svc.clone();
+                    let give_up = Duration::from_micros(xorshift(&mut rng) % 30_000);
+                    let host = ["a", "b"][(id % 2) as usize];
+                    tokio::spawn(async move {
+                        let call = async {
+                            let res = svc.oneshot(req(&format!("http://{host}/"), id)).await?;
+                            res.into_body().collect().await?;
+                            Ok::<_, BoxError>(())
+                        };
+                        // Dropped while waiting, while calling, or mid-body.
+                        let _ = tokio::time::timeout(give_up, call).await;
+                    })
+                })
+                .collect();
+            // And some aborted from outside.
+            for (i, t) in tasks.iter().enumerate() {
+                if i % 7 == 0 {
+                    t.abort();
+                }
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            assert_eq!(seen.in_flight.load(Ordering::SeqCst), 0);
+            assert!(seen.most.load(Ordering::SeqCst) <= if per_authority { 8 } else { 4 });
+
+            // The whole limit is free again: 4 calls (per authority) go at
+            // once and hold their slots, a fifth is turned away.
+            let reject = layer.clone().reject().layer(server(&seen, |_| 1));
+            for host in if per_authority {
+                &["a", "b"][..]
+            } else {
+                &["a"][..]
+            } {
+                let uri = format!("http://{host}/");
+                let mut held = Vec::new();
+                for id in 0..4 {
+                    held.push(reject.clone().oneshot(req(&uri, id)).await.unwrap());
+                }
+                assert!(reject.clone().oneshot(req(&uri, 4)).await.is_err());
+            }
+        }
+    }
+}

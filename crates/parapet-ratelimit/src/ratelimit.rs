@@ -460,3 +460,283 @@ where
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+    use std::sync::Mutex;
+
+    use parapet_core::Deadline;
+    use tower::{ServiceExt, service_fn};
+
+    fn n(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    type Log = Arc<Mutex<Vec<Instant>>>;
+
+    /// A stand-in for the client: records when each call reached it.
+    fn recorder(
+        log: &Log,
+    ) -> impl Service<Request<()>, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
+    {
+        let log = Arc::clone(log);
+        service_fn(move |_req: Request<()>| {
+            log.lock().unwrap().push(Instant::now());
+            async { Ok::<_, BoxError>(()) }
+        })
+    }
+
+    fn get(uri: &str) -> Request<()> {
+        Request::get(uri).body(()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn thousand_calls_at_100_per_second_burst_1_take_ten_seconds() {
+        let log = Log::default();
+        let mut svc =
+            RateLimitLayer::new(Quota::per_second(n(100)).burst(n(1))).layer(recorder(&log));
+        let start = Instant::now();
+        for _ in 0..1000 {
+            svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        }
+        let took = start.elapsed().as_secs_f64();
+        assert!((9.9..=10.1).contains(&took), "took {took} s");
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 1000);
+        // Evenly spaced, 10 ms apart.
+        for pair in log.windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_waiters_never_exceed_burst_plus_rate_in_any_window() {
+        let (rate, burst) = (100u32, 5u32);
+        let log = Log::default();
+        let layer = RateLimitLayer::new(Quota::per_second(n(rate)).burst(n(burst)));
+        let svc = layer.layer(recorder(&log));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        svc.clone().oneshot(get("/")).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.len(), 640);
+        for window_ms in [0u64, 1, 10, 35, 100, 1000] {
+            let window = Duration::from_millis(window_ms);
+            let allowed = burst as usize + (window_ms * u64::from(rate) / 1000) as usize;
+            for (i, &from) in log.iter().enumerate() {
+                let admitted = log[i..].iter().take_while(|&&t| t - from <= window).count();
+                assert!(
+                    admitted <= allowed,
+                    "{admitted} calls within {window:?} (at most {allowed} allowed)"
+                );
+            }
+        }
+        // All the capacity was used: 5 at once, then 635 at 100/s.
+        let took = log[639] - log[0];
+        assert_eq!(took, Duration::from_millis(6350));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_leaves_the_bucket_as_it_was() {
+        let log = Log::default();
+        let mut svc = RateLimitLayer::new(Quota::per_second(n(1))).layer(recorder(&log));
+        let start = Instant::now();
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+
+        // A waiter that gives up half way.
+        let waiter = svc.ready().await.unwrap().call(get("/"));
+        let gave_up = tokio::time::timeout(Duration::from_millis(500), waiter).await;
+        assert!(gave_up.is_err());
+
+        // The token it waited for is still there at 1 s, and the next at 2 s.
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_beyond_max_wait_fails_at_once_with_the_earliest_time() {
+        let log = Log::default();
+        let mut svc = RateLimitLayer::new(Quota::per_second(n(1)))
+            .max_wait(Duration::from_millis(500))
+            .layer(recorder(&log));
+        let start = Instant::now();
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        let err = svc.ready().await.unwrap().call(get("/")).await.unwrap_err();
+        let limited = err.downcast_ref::<RateLimited>().unwrap();
+        assert_eq!(limited.earliest(), start + Duration::from_secs(1));
+        assert_eq!(limited.wait(), Duration::from_secs(1));
+        assert_eq!(start.elapsed(), Duration::ZERO, "it did not wait first");
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_call_deadline_bounds_the_wait() {
+        let log = Log::default();
+        let mut svc = RateLimitLayer::new(Quota::per_second(n(1))).layer(recorder(&log));
+        let start = Instant::now();
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+
+        let mut short = get("/");
+        Deadline::after(Duration::from_millis(999)).apply(short.extensions_mut());
+        let err = svc.ready().await.unwrap().call(short).await.unwrap_err();
+        assert!(err.is::<RateLimited>());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        let mut enough = get("/");
+        Deadline::after(Duration::from_secs(1)).apply(enough.extensions_mut());
+        svc.ready().await.unwrap().call(enough).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reject_mode_fails_at_once() {
+        let log = Log::default();
+        let mut svc = RateLimitLayer::new(Quota::per_minute(n(2)))
+            .reject()
+            .layer(recorder(&log));
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        let err = svc.ready().await.unwrap().call(get("/")).await.unwrap_err();
+        let limited = err.downcast_ref::<RateLimited>().unwrap();
+        assert_eq!(limited.wait(), Duration::from_secs(30));
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_loses_the_race_rechecks_its_bound() {
+        let log = Log::default();
+        let svc = RateLimitLayer::new(Quota::per_second(n(1)))
+            .max_wait(Duration::from_millis(1500))
+            .layer(recorder(&log));
+        svc.clone().oneshot(get("/")).await.unwrap();
+        // Both see the token due at 1 s; only one can have it, and the other
+        // would then have to wait until 2 s, past its bound.
+        let (a, b) = tokio::join!(svc.clone().oneshot(get("/")), svc.clone().oneshot(get("/")));
+        assert!(a.is_ok() != b.is_ok(), "exactly one goes");
+        let err = a.err().or(b.err()).unwrap();
+        assert!(err.is::<RateLimited>());
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_and_services_of_one_layer_share_the_bucket() {
+        let log = Log::default();
+        let layer = RateLimitLayer::new(Quota::per_second(n(1))).reject();
+        let mut a = layer.layer(recorder(&log));
+        let mut b = layer.layer(recorder(&log)).clone();
+        a.ready().await.unwrap().call(get("/")).await.unwrap();
+        assert!(b.ready().await.unwrap().call(get("/")).await.is_err());
+        // A separate layer has its own.
+        let mut c = RateLimitLayer::new(Quota::per_second(n(1))).layer(recorder(&log));
+        c.ready().await.unwrap().call(get("/")).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_authority_buckets_are_independent() {
+        let log = Log::default();
+        let layer = RateLimitLayer::per_authority(Quota::per_second(n(1))).reject();
+        let mut svc = layer.layer(recorder(&log));
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get("http://a.example/"))
+            .await
+            .unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get("http://b.example/"))
+            .await
+            .unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get("http://a.example:8080/"))
+            .await
+            .unwrap();
+        svc.ready()
+            .await
+            .unwrap()
+            .call(get("https://a.example/"))
+            .await
+            .unwrap();
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get("http://A.EXAMPLE:80/other"))
+            .await
+            .unwrap_err();
+        assert!(err.is::<RateLimited>());
+        assert_eq!(layer.tracked_keys(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_keys_of_100_000_hosts_are_evicted() {
+        let log = Log::default();
+        let layer = RateLimitLayer::per_authority(Quota::per_second(n(10)).burst(n(1)));
+        let mut svc = layer.layer(service_fn(|_req: Request<()>| async {
+            Ok::<_, BoxError>(())
+        }));
+        for i in 0..100_000 {
+            let req = get(&format!("http://host-{i}.example/"));
+            svc.ready().await.unwrap().call(req).await.unwrap();
+        }
+        assert_eq!(svc.tracked_keys(), 100_000);
+        // Idle past the eviction time (refill 100 ms; sweeps every second).
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(layer.tracked_keys(), 0);
+        assert!(log.lock().unwrap().is_empty());
+
+        // The limiter still works afterwards, and a busy key survives sweeps.
+        let mut svc = layer.reject().layer(recorder(&log));
+        for _ in 0..5 {
+            let ok = svc
+                .ready()
+                .await
+                .unwrap()
+                .call(get("http://busy.example/"))
+                .await;
+            assert!(ok.is_ok());
+            assert_eq!(svc.tracked_keys(), 1);
+            assert!(
+                svc.ready()
+                    .await
+                    .unwrap()
+                    .call(get("http://busy.example/"))
+                    .await
+                    .is_err()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_ready_only_forwards() {
+        let log = Log::default();
+        let layer = RateLimitLayer::new(Quota::per_second(n(1))).reject();
+        let svc = layer.layer(recorder(&log));
+        // Many clones made ready hold nothing.
+        let mut clones: Vec<_> = (0..10).map(|_| svc.clone()).collect();
+        for c in &mut clones {
+            c.ready().await.unwrap();
+        }
+        clones[3].call(get("/")).await.unwrap();
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+}

@@ -618,3 +618,337 @@ where
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    use parapet_core::Deadline;
+    use tower::{ServiceExt, service_fn};
+
+    type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+    type Script = Arc<dyn Fn(&Request<()>, usize) -> Response<()> + Send + Sync>;
+
+    /// A stand-in server: records arrivals (host, time) and answers with
+    /// `script(request, number of earlier arrivals for that host)`.
+    fn server(
+        arrivals: &Arrivals,
+        script: impl Fn(&Request<()>, usize) -> Response<()> + Send + Sync + 'static,
+    ) -> impl Service<Request<()>, Response = Response<()>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        let arrivals = Arc::clone(arrivals);
+        let script: Script = Arc::new(script);
+        service_fn(move |req: Request<()>| {
+            let host = req.uri().host().unwrap_or_default().to_owned();
+            let mut log = arrivals.lock().unwrap();
+            let before = log.iter().filter(|(h, _)| *h == host).count();
+            log.push((host, Instant::now()));
+            let res = script(&req, before);
+            async move { Ok::<_, BoxError>(res) }
+        })
+    }
+
+    fn reply(status: u16, headers: &[(&'static str, &str)]) -> Response<()> {
+        let mut res = Response::builder().status(status);
+        for (k, v) in headers {
+            res = res.header(*k, *v);
+        }
+        res.body(()).unwrap()
+    }
+
+    fn get(host: &str) -> Request<()> {
+        Request::get(format!("http://{host}/")).body(()).unwrap()
+    }
+
+    fn times(arrivals: &Arrivals, host: &str, start: Instant) -> Vec<Duration> {
+        arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _)| h == host)
+            .map(|(_, t)| *t - start)
+            .collect()
+    }
+
+    /// The first call to `busy` gets 429 with Retry-After: 1; all else 200.
+    fn busy_once(req: &Request<()>, before: usize) -> Response<()> {
+        if req.uri().host() == Some("busy") && before == 0 {
+            reply(429, &[("retry-after", "1")])
+        } else {
+            reply(200, &[])
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_closes_only_that_authority() {
+        let arrivals = Arrivals::default();
+        let layer = ThrottleLayer::new().jitter(Jitter::fixed(0.0));
+        let svc = layer.layer(server(&arrivals, busy_once));
+        let start = Instant::now();
+        let res = svc.clone().oneshot(get("busy")).await.unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(layer.tracked_keys(), 1);
+
+        let waiting = tokio::spawn(svc.clone().oneshot(get("busy")));
+        for _ in 0..10 {
+            svc.clone().oneshot(get("calm")).await.unwrap();
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "calm was served without pause"
+        );
+        assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
+        assert_eq!(
+            times(&arrivals, "busy", start),
+            [Duration::ZERO, Duration::from_secs(1)]
+        );
+        // The gate is forgotten once open.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(layer.tracked_keys(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_leave_the_gate_with_upward_jitter() {
+        let arrivals = Arrivals::default();
+        let i = Arc::new(AtomicU64::new(0));
+        let jitter = Jitter::from_fn(move || {
+            let k = i.fetch_add(1, Ordering::Relaxed);
+            (k % 10) as f64 / 10.0
+        });
+        let svc = ThrottleLayer::new()
+            .jitter(jitter)
+            .layer(server(&arrivals, busy_once));
+        let start = Instant::now();
+        svc.clone().oneshot(get("busy")).await.unwrap();
+        let waiters: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(svc.clone().oneshot(get("busy"))))
+            .collect();
+        for w in waiters {
+            assert_eq!(w.await.unwrap().unwrap().status(), 200);
+        }
+        let mut t = times(&arrivals, "busy", start);
+        t.sort();
+        let released = &t[1..];
+        assert!(released.iter().all(|&d| d >= Duration::from_secs(1)));
+        assert!(released.iter().all(|&d| d <= Duration::from_millis(1100)));
+        let mut distinct = released.to_vec();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            10,
+            "released at distinct moments: {released:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reject_mode_and_bounds_fail_with_the_time_left() {
+        let arrivals = Arrivals::default();
+        let layer = ThrottleLayer::new().jitter(Jitter::fixed(0.0));
+        let svc = layer.clone().layer(server(&arrivals, busy_once));
+        svc.clone().oneshot(get("busy")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+
+        let rejecting = layer.clone().reject().layer(server(&arrivals, busy_once));
+        let err = rejecting.oneshot(get("busy")).await.unwrap_err();
+        let throttled = err.downcast_ref::<Throttled>().unwrap();
+        assert_eq!(throttled.wait(), Duration::from_millis(750));
+        assert_eq!(
+            err.to_string(),
+            "throttled by the server: the next call may go in 750ms"
+        );
+
+        let bounded = layer
+            .clone()
+            .max_wait(Duration::from_millis(500))
+            .layer(server(&arrivals, busy_once));
+        let err = bounded.oneshot(get("busy")).await.unwrap_err();
+        assert!(err.is::<Throttled>());
+
+        let mut req = get("busy");
+        Deadline::after(Duration::from_millis(700)).apply(req.extensions_mut());
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert!(err.is::<Throttled>());
+
+        // Nothing waited, nothing was sent.
+        assert_eq!(times(&arrivals, "busy", Instant::now()).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_server_signal_closes_the_gate() {
+        type Case = (u16, &'static [(&'static str, &'static str)], u64);
+        let cases: [Case; 5] = [
+            (503, &[("retry-after", "3")], 3),
+            (
+                200,
+                &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "4")],
+                4,
+            ),
+            (200, &[("ratelimit", r#""burst";r=0;t=5"#)], 5),
+            (403, &[("x-ratelimit-remaining", "0")], 60),
+            (
+                429,
+                &[("retry-after", "2"), ("ratelimit", r#""a";r=0;t=30"#)],
+                2,
+            ),
+        ];
+        for (status, headers, secs) in cases {
+            let arrivals = Arrivals::default();
+            let svc = ThrottleLayer::new()
+                .jitter(Jitter::fixed(0.0))
+                .layer(server(&arrivals, move |_, before| {
+                    if before == 0 {
+                        reply(status, headers)
+                    } else {
+                        reply(200, &[])
+                    }
+                }));
+            let start = Instant::now();
+            svc.clone().oneshot(get("h")).await.unwrap();
+            svc.clone().oneshot(get("h")).await.unwrap();
+            assert_eq!(
+                times(&arrivals, "h", start),
+                [Duration::ZERO, Duration::from_secs(secs)],
+                "{status} {headers:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_server_waits_are_capped() {
+        let arrivals = Arrivals::default();
+        let far = (SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 10 * 365 * 86_400)
+            .to_string();
+        let svc = ThrottleLayer::new()
+            .jitter(Jitter::fixed(0.0))
+            .max_server_wait(Duration::from_secs(90))
+            .layer(server(&arrivals, move |_, before| {
+                if before == 0 {
+                    reply(
+                        200,
+                        &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &far)],
+                    )
+                } else {
+                    reply(200, &[])
+                }
+            }));
+        let start = Instant::now();
+        svc.clone().oneshot(get("h")).await.unwrap();
+        svc.clone().oneshot(get("h")).await.unwrap();
+        assert_eq!(
+            times(&arrivals, "h", start),
+            [Duration::ZERO, Duration::from_secs(90)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_few_requests_of_a_window_are_spread_over_it() {
+        // A server in the last 10 s of its window with 5 of 100 requests left.
+        let arrivals = Arrivals::default();
+        let start = Instant::now();
+        let window_end = start + Duration::from_secs(10);
+        let svc = ThrottleLayer::new()
+            .jitter(Jitter::fixed(0.0))
+            .layer(server(&arrivals, move |_, before| {
+                let now = Instant::now();
+                if before >= 5 && now < window_end {
+                    return reply(429, &[]);
+                }
+                let remaining = if now < window_end { 4 - before } else { 99 };
+                let reset = window_end.saturating_duration_since(now).as_secs_f64();
+                reply(
+                    200,
+                    &[
+                        ("x-ratelimit-limit", "100"),
+                        ("x-ratelimit-remaining", &remaining.to_string()),
+                        ("x-ratelimit-reset-after", &format!("{reset}")),
+                    ],
+                )
+            }));
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(
+                svc.clone()
+                    .oneshot(get("h"))
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
+        }
+        assert_eq!(statuses, [200; 6], "no request hit the wall");
+        let t = times(&arrivals, "h", start);
+        // 4 left in 10 s: one every 2.5 s, the fourth landing in the new
+        // window, which is not paced.
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(
+            t.iter().map(|&d| ms(d)).collect::<Vec<_>>(),
+            [0, 2500, 5000, 7500, 10_000, 10_000]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spreading_can_be_turned_off() {
+        let arrivals = Arrivals::default();
+        let svc = ThrottleLayer::new()
+            .spread_remaining(false)
+            .layer(server(&arrivals, |_, _| {
+                reply(
+                    200,
+                    &[("x-ratelimit-remaining", "3"), ("x-ratelimit-reset", "30")],
+                )
+            }));
+        let start = Instant::now();
+        for _ in 0..3 {
+            svc.clone().oneshot(get("h")).await.unwrap();
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_closed_again_while_waiting_holds_the_waiter() {
+        let arrivals = Arrivals::default();
+        // `busy` answers 429 Retry-After: 1 to its first two calls.
+        let svc = ThrottleLayer::new()
+            .jitter(Jitter::fixed(0.0))
+            .layer(server(&arrivals, |_, before| {
+                if before < 2 {
+                    reply(429, &[("retry-after", "1")])
+                } else {
+                    reply(200, &[])
+                }
+            }));
+        let start = Instant::now();
+        svc.clone().oneshot(get("busy")).await.unwrap();
+        let waiter = tokio::spawn(svc.clone().oneshot(get("busy")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A response to a call that was already in flight closes the gate
+        // further while the waiter waits.
+        svc.get_ref()
+            .clone()
+            .oneshot(get("busy"))
+            .await
+            .map(|res| {
+                svc.shared
+                    .observe(&Authority::of(&get("busy")), res.status(), res.headers());
+            })
+            .unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap().status(), 200);
+        let t = times(&arrivals, "busy", start);
+        assert_eq!(
+            t,
+            [
+                Duration::ZERO,
+                Duration::from_millis(500),
+                Duration::from_millis(1500)
+            ]
+        );
+    }
+}
