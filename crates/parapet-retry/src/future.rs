@@ -380,3 +380,743 @@ impl<S> Call<S> {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+    use http_body::{Frame, SizeHint};
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use parapet_core::{
+        Attempt, BoxError, Deadline, IDEMPOTENCY_KEY, Idempotency, IdempotencyKey,
+        IdempotencyRules, Jitter, ReplayBody, fmt_http_date,
+    };
+    use tokio::time::Instant;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{BackoffJitter, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryPolicyBuilder};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// What the stand-in server saw of one attempt.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        at: Instant,
+        method: Method,
+        attempt: Option<Attempt>,
+        body: Bytes,
+        key: Option<HeaderValue>,
+    }
+
+    type Reply = Result<Response<TestBody>, BoxError>;
+
+    /// A stand-in server: answers the n-th attempt with the n-th scripted
+    /// reply (the last repeats) and records what arrived.
+    #[derive(Clone)]
+    struct Stub {
+        seen: Arc<Mutex<Vec<Seen>>>,
+        script: Arc<dyn Fn(usize) -> Reply + Send + Sync>,
+    }
+
+    impl Stub {
+        fn new(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
+            Self {
+                seen: Arc::default(),
+                script: Arc::new(script),
+            }
+        }
+
+        fn statuses(codes: &'static [u16]) -> Self {
+            Self::new(move |n| Ok(status(codes[n.min(codes.len() - 1)])))
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().unwrap().clone()
+        }
+
+        fn gaps(&self) -> Vec<Duration> {
+            let seen = self.seen();
+            seen.windows(2).map(|w| w[1].at - w[0].at).collect()
+        }
+    }
+
+    impl Service<Request<ReplayBody>> for Stub {
+        type Response = Response<TestBody>;
+        type Error = BoxError;
+        type Future = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+            let this = self.clone();
+            Box::pin(async move {
+                let at = Instant::now();
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await?.to_bytes();
+                let n = {
+                    let mut seen = this.seen.lock().unwrap();
+                    seen.push(Seen {
+                        at,
+                        method: parts.method.clone(),
+                        attempt: Attempt::get(&parts.extensions),
+                        body,
+                        key: parts.headers.get(IDEMPOTENCY_KEY).cloned(),
+                    });
+                    seen.len() - 1
+                };
+                (this.script)(n)
+            })
+        }
+    }
+
+    /// A response body: in memory, or endless, noting when it is dropped.
+    enum TestBody {
+        Full(Full<Bytes>),
+        Endless {
+            polled: Arc<AtomicUsize>,
+            dropped: Arc<AtomicBool>,
+        },
+        Frames(VecDeque<Bytes>, Arc<AtomicUsize>),
+    }
+
+    impl fmt::Debug for TestBody {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("TestBody")
+        }
+    }
+
+    impl Drop for TestBody {
+        fn drop(&mut self) {
+            if let Self::Endless { dropped, .. } = self {
+                dropped.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl Body for TestBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.get_mut() {
+                Self::Full(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+                Self::Endless { polled, .. } => {
+                    polled.fetch_add(1, Ordering::SeqCst);
+                    Poll::Pending
+                }
+                Self::Frames(frames, read) => Poll::Ready(frames.pop_front().map(|f| {
+                    read.fetch_add(f.len(), Ordering::SeqCst);
+                    Ok(Frame::data(f))
+                })),
+            }
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::new()
+        }
+    }
+
+    fn status(code: u16) -> Response<TestBody> {
+        Response::builder()
+            .status(code)
+            .body(TestBody::Full(Full::new(Bytes::new())))
+            .unwrap()
+    }
+
+    fn with_retry_after(code: u16, value: &str) -> Response<TestBody> {
+        let mut res = status(code);
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        res
+    }
+
+    /// A deterministic policy: no jitter, no budget.
+    fn plain() -> RetryPolicyBuilder {
+        RetryPolicy::builder()
+            .jitter(BackoffJitter::None)
+            .jitter_source(Jitter::fixed(0.5))
+            .budget(None)
+    }
+
+    fn get() -> Request<ReplayBody> {
+        Request::get("http://api.test/items")
+            .body(ReplayBody::empty())
+            .unwrap()
+    }
+
+    fn post(body: &'static str) -> Request<ReplayBody> {
+        Request::post("http://api.test/charges")
+            .body(ReplayBody::from(body))
+            .unwrap()
+    }
+
+    async fn send(
+        policy: RetryPolicyBuilder,
+        stub: &Stub,
+        req: Request<ReplayBody>,
+    ) -> Result<Response<TestBody>, BoxError> {
+        Retry::new(stub.clone(), policy.build().unwrap())
+            .oneshot(req)
+            .await
+    }
+
+    fn refused() -> BoxError {
+        Box::new(io::Error::from(io::ErrorKind::ConnectionRefused))
+    }
+
+    fn reset() -> BoxError {
+        Box::new(io::Error::from(io::ErrorKind::ConnectionReset))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn get_503_503_200_is_sent_three_times() {
+        let stub = Stub::statuses(&[503, 503, 200]);
+        let res = send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 3);
+        let attempts: Vec<_> = seen.iter().map(|s| s.attempt.unwrap()).collect();
+        assert_eq!(
+            attempts,
+            [Attempt::new(1, 3), Attempt::new(2, 3), Attempt::new(3, 3)]
+        );
+        assert!(seen.iter().all(|s| s.method == Method::GET));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_never_exceed_the_maximum() {
+        let stub = Stub::statuses(&[503]);
+        let res = send(plain().max_attempts(5), &stub, get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stub.seen().len(), 5);
+
+        let stub = Stub::statuses(&[503]);
+        send(plain().max_attempts(1), &stub, get()).await.unwrap();
+        assert_eq!(stub.seen().len(), 1);
+        assert_eq!(stub.seen()[0].attempt, Some(Attempt::new(1, 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn post_503_is_sent_once() {
+        let stub = Stub::statuses(&[503, 200]);
+        let res = send(plain(), &stub, post("{}")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn post_with_a_trusted_idempotency_key_is_retried_with_the_same_key_and_body() {
+        let stub = Stub::statuses(&[503, 503, 200]);
+        let mut req = post(r#"{"amount":100}"#);
+        IdempotencyKey::ensure(&mut req);
+        let policy = plain().idempotency(IdempotencyRules::new().trust_idempotency_key(true));
+        let res = send(policy, &stub, req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|s| s.key == seen[0].key && s.key.is_some()));
+        assert!(seen.iter().all(|s| s.body == r#"{"amount":100}"#));
+
+        // Not trusted: sent once.
+        let stub = Stub::statuses(&[503, 200]);
+        let mut req = post("{}");
+        IdempotencyKey::ensure(&mut req);
+        send(plain(), &stub, req).await.unwrap();
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_request_overrides_decide() {
+        let stub = Stub::statuses(&[503, 200]);
+        let mut req = post("{}");
+        req.extensions_mut().insert(Idempotency::Idempotent);
+        send(plain(), &stub, req).await.unwrap();
+        assert_eq!(stub.seen().len(), 2);
+
+        let stub = Stub::statuses(&[503, 200]);
+        let mut req = get();
+        req.extensions_mut().insert(Idempotency::NotIdempotent);
+        send(plain(), &stub, req).await.unwrap();
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_that_never_left_is_retried() {
+        let stub = Stub::new(|n| {
+            if n < 2 {
+                Err(refused())
+            } else {
+                Ok(status(201))
+            }
+        });
+        let res = send(plain(), &stub, post("{}")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(stub.seen().len(), 3);
+        assert!(stub.seen().iter().all(|s| s.body == "{}"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_after_sending_are_retried_for_idempotent_requests_only() {
+        let stub = Stub::new(|n| if n < 1 { Err(reset()) } else { Ok(status(200)) });
+        let err = send(plain(), &stub, post("{}")).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<io::Error>().unwrap().kind(),
+            io::ErrorKind::ConnectionReset
+        );
+        assert_eq!(stub.seen().len(), 1);
+
+        let stub = Stub::new(|n| if n < 1 { Err(reset()) } else { Ok(status(200)) });
+        let res = send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(stub.seen().len(), 2);
+
+        // The last error is returned as it is.
+        let stub = Stub::new(|_| Err(reset()));
+        let err = send(plain(), &stub, get()).await.unwrap_err();
+        assert!(err.downcast_ref::<io::Error>().is_some());
+        assert_eq!(stub.seen().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn statuses_not_listed_are_returned() {
+        for code in [200, 201, 400, 404, 409, 501] {
+            let stub = Stub::new(move |n| Ok(status(if n == 0 { code } else { 200 })));
+            let res = send(plain(), &stub, get()).await.unwrap();
+            assert_eq!(res.status().as_u16(), code);
+            assert_eq!(stub.seen().len(), 1, "{code}");
+        }
+        let stub = Stub::statuses(&[409, 200]);
+        send(plain().retry_on([StatusCode::CONFLICT]), &stub, get())
+            .await
+            .unwrap();
+        assert_eq!(stub.seen().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_classifier_sees_the_outcome_and_decides() {
+        let seen_by_classifier = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen_by_classifier);
+        let policy = plain().classify(move |o| {
+            log.lock().unwrap().push((
+                o.method().clone(),
+                o.uri().path().to_owned(),
+                o.status(),
+                o.headers().map(HeaderMap::len),
+                o.error().map(ToString::to_string),
+                o.attempt(),
+            ));
+            match o.status() {
+                Some(StatusCode::CONFLICT) => Verdict::Retry,
+                Some(StatusCode::BAD_GATEWAY) => Verdict::Return,
+                _ => Verdict::Default,
+            }
+        });
+        let stub = Stub::new(|n| match n {
+            0 => Ok(status(409)),
+            1 => Err(reset()),
+            _ => Ok(status(502)),
+        });
+        let res = send(policy, &stub, get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(stub.seen().len(), 3);
+        let log = seen_by_classifier.lock().unwrap().clone();
+        assert_eq!(log[0].2, Some(StatusCode::CONFLICT));
+        assert_eq!(log[0].1, "/items");
+        assert_eq!(log[1].4.as_deref(), Some("connection reset"));
+        assert_eq!(log[1].2, None);
+        assert_eq!(log[2].5, 3);
+
+        // A classifier cannot make a POST retryable.
+        let stub = Stub::statuses(&[409, 200]);
+        send(plain().classify(|_| Verdict::Retry), &stub, post("x"))
+            .await
+            .unwrap();
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    /// The gaps between arrivals for the given jitter, with a fixed sample of 0.5.
+    async fn gaps(kind: BackoffJitter, attempts: u32) -> Vec<Duration> {
+        let stub = Stub::statuses(&[503]);
+        let policy = plain().jitter(kind).max_attempts(attempts);
+        send(policy, &stub, get()).await.unwrap();
+        stub.gaps()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_sequence_without_jitter() {
+        assert_eq!(
+            gaps(BackoffJitter::None, 6).await,
+            [100 * MS, 200 * MS, 400 * MS, 800 * MS, 1600 * MS]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_sequence_with_full_jitter() {
+        assert_eq!(
+            gaps(BackoffJitter::Full, 5).await,
+            [50 * MS, 100 * MS, 200 * MS, 400 * MS]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_sequence_with_equal_jitter() {
+        assert_eq!(
+            gaps(BackoffJitter::Equal, 5).await,
+            [75 * MS, 150 * MS, 300 * MS, 600 * MS]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_sequence_with_decorrelated_jitter() {
+        let got = gaps(BackoffJitter::Decorrelated, 5).await;
+        let expected = [200_000u64, 350_000, 575_000, 912_500];
+        assert_eq!(got.len(), 4);
+        for (g, e) in got.iter().zip(expected) {
+            assert!(g.abs_diff(Duration::from_micros(e)) <= MS, "{got:?}");
+            // tokio timers tick in whole milliseconds.
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delays_are_capped_and_floored() {
+        let policy = plain()
+            .max_attempts(5)
+            .base_delay(Duration::from_secs(1))
+            .max_delay(Duration::from_secs(3));
+        let stub = Stub::statuses(&[503]);
+        send(policy, &stub, get()).await.unwrap();
+        assert_eq!(stub.gaps(), [1000 * MS, 2000 * MS, 3000 * MS, 3000 * MS]);
+
+        let stub = Stub::statuses(&[503]);
+        let zero = plain()
+            .jitter(BackoffJitter::Full)
+            .jitter_source(Jitter::fixed(0.0));
+        send(zero, &stub, get()).await.unwrap();
+        assert_eq!(stub.gaps(), [10 * MS, 10 * MS]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_on_429_is_obeyed_with_an_upward_spread() {
+        let stub = Stub::new(|n| {
+            Ok(if n == 0 {
+                with_retry_after(429, "5")
+            } else {
+                status(200)
+            })
+        });
+        let res = send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        // 5 s plus half of the 10 % spread.
+        assert_eq!(stub.gaps(), [Duration::from_millis(5250)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longer_of_backoff_and_retry_after_wins() {
+        let stub = Stub::new(|n| {
+            Ok(if n < 2 {
+                with_retry_after(503, "0")
+            } else {
+                status(200)
+            })
+        });
+        send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(stub.gaps(), [100 * MS, 200 * MS]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http_date_retry_after_is_obeyed() {
+        let stub = Stub::new(|n| {
+            Ok(if n == 0 {
+                let date = fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+                with_retry_after(503, &date)
+            } else {
+                status(200)
+            })
+        });
+        send(plain().retry_after_jitter(0.0), &stub, get())
+            .await
+            .unwrap();
+        let gap = stub.gaps()[0];
+        // The date has a resolution of one second.
+        assert!(
+            gap > Duration::from_secs(2) && gap <= Duration::from_secs(3),
+            "{gap:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_malformed_retry_after_falls_back_to_backoff() {
+        let stub = Stub::new(|n| {
+            Ok(if n == 0 {
+                with_retry_after(503, "soon")
+            } else {
+                status(200)
+            })
+        });
+        send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(stub.gaps(), [100 * MS]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_on_other_statuses_is_opt_in() {
+        let script = |n| {
+            Ok(if n == 0 {
+                with_retry_after(500, "7")
+            } else {
+                status(200)
+            })
+        };
+        let stub = Stub::new(script);
+        send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(stub.gaps(), [100 * MS]);
+
+        let stub = Stub::new(script);
+        let policy = plain()
+            .retry_after_on([StatusCode::INTERNAL_SERVER_ERROR])
+            .retry_after_jitter(0.0);
+        send(policy, &stub, get()).await.unwrap();
+        assert_eq!(stub.gaps(), [Duration::from_secs(7)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_beyond_the_maximum_returns_at_once() {
+        let stub = Stub::new(|_| Ok(with_retry_after(429, "86400")));
+        let start = Instant::now();
+        let res = send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[RETRY_AFTER], "86400");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_past_the_deadline_fails_fast() {
+        let stub = Stub::new(|_| Ok(with_retry_after(503, "5")));
+        let mut req = get();
+        Deadline::after(Duration::from_secs(2)).apply(req.extensions_mut());
+        let start = Instant::now();
+        let res = send(plain(), &stub, req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_ends_after_the_deadline() {
+        let stub = Stub::statuses(&[503]);
+        let mut req = get();
+        // Waits of 100 ms and then 200 ms: the second would pass 250 ms.
+        Deadline::after(Duration::from_millis(250)).apply(req.extensions_mut());
+        let start = Instant::now();
+        send(plain(), &stub, req).await.unwrap();
+        assert_eq!(stub.seen().len(), 2);
+        assert_eq!(start.elapsed(), 100 * MS);
+
+        // The same with max_elapsed.
+        let stub = Stub::statuses(&[503]);
+        send(
+            plain().max_elapsed(Duration::from_millis(250)),
+            &stub,
+            get(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stub.seen().len(), 2);
+    }
+
+    /// A streamed body of `n` bytes in chunks of 10.
+    fn streamed(n: usize) -> ReplayBody {
+        let chunks: Vec<Result<Frame<Bytes>, io::Error>> = (0..n)
+            .step_by(10)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![b'a'; 10.min(n - i)]))))
+            .collect();
+        ReplayBody::new(StreamBody::new(Iter(chunks.into_iter())), usize::MAX)
+    }
+
+    struct Iter<T>(std::vec::IntoIter<T>);
+    impl<T: Unpin> futures_core::Stream for Iter<T> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
+            Poll::Ready(self.0.next())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streamed_bodies_are_replayed_byte_for_byte() {
+        let stub = Stub::statuses(&[503, 503, 200]);
+        let req = Request::put("http://api.test/doc")
+            .body(streamed(95))
+            .unwrap();
+        send(plain(), &stub, req).await.unwrap();
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|s| s.body == vec![b'a'; 95]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_over_the_cap_is_sent_once() {
+        let stub = Stub::statuses(&[503, 200]);
+        let body = ReplayBody::new(
+            StreamBody::new(Iter(
+                vec![Ok::<_, io::Error>(Frame::data(Bytes::from(vec![1u8; 100])))].into_iter(),
+            )),
+            64,
+        );
+        let req = Request::put("http://api.test/doc").body(body).unwrap();
+        let res = send(plain(), &stub, req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stub.seen().len(), 1);
+        assert_eq!(stub.seen()[0].body.len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_policy_cap_applies_to_streamed_bodies() {
+        let stub = Stub::statuses(&[503, 200]);
+        let stream = StreamBody::new(Iter(
+            vec![Ok::<_, io::Error>(Frame::data(Bytes::from(vec![1u8; 100])))].into_iter(),
+        ));
+        let req = Request::put("http://api.test/doc").body(stream).unwrap();
+        let res = Retry::new(stub.clone(), plain().replay_cap(50).build().unwrap())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_stops_retries() {
+        let policy = plain().budget(RetryBudget::new().percent(0).min_per_second(1));
+        let layer = RetryLayer::new(policy.build().unwrap());
+        let stub = Stub::statuses(&[503]);
+        let svc = tower::Layer::layer(&layer, stub.clone());
+        // One retry per second for the host, shared by clones.
+        svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(stub.seen().len(), 2);
+        svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(stub.seen().len(), 3);
+        // Another host has its own budget.
+        let other = Request::get("http://other.test/")
+            .body(ReplayBody::empty())
+            .unwrap();
+        svc.clone().oneshot(other).await.unwrap();
+        assert_eq!(stub.seen().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_discarded_body_is_drained_while_waiting() {
+        let read = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&read);
+        let stub = Stub::new(move |n| {
+            Ok(if n == 0 {
+                let frames = VecDeque::from([
+                    Bytes::from_static(b"busy "),
+                    Bytes::from_static(b"try later"),
+                ]);
+                Response::builder()
+                    .status(503)
+                    .body(TestBody::Frames(frames, Arc::clone(&r)))
+                    .unwrap()
+            } else {
+                status(200)
+            })
+        });
+        send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(read.load(Ordering::SeqCst), 14);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_discarded_body_is_dropped_past_the_limit() {
+        let read = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&read);
+        let stub = Stub::new(move |n| {
+            Ok(if n == 0 {
+                let frames = (0..100).map(|_| Bytes::from(vec![0u8; 1024])).collect();
+                Response::builder()
+                    .status(503)
+                    .body(TestBody::Frames(frames, Arc::clone(&r)))
+                    .unwrap()
+            } else {
+                status(200)
+            })
+        });
+        send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(read.load(Ordering::SeqCst), 5 * 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_discarded_body_is_dropped_after_the_drain_time() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let d = Arc::clone(&dropped);
+        let stub = Stub::new(move |n| {
+            Ok(if n == 0 {
+                with_body(
+                    with_retry_after(503, "2"),
+                    TestBody::Endless {
+                        polled: Arc::default(),
+                        dropped: Arc::clone(&d),
+                    },
+                )
+            } else {
+                status(200)
+            })
+        });
+        let retry = Retry::new(
+            stub.clone(),
+            plain().retry_after_jitter(0.0).build().unwrap(),
+        );
+        let mut fut = std::pin::pin!(retry.oneshot(get()));
+        assert!(futures_poll(&mut fut).is_pending());
+        assert!(!dropped.load(Ordering::SeqCst));
+        tokio::time::advance(99 * MS).await;
+        assert!(futures_poll(&mut fut).is_pending());
+        assert!(!dropped.load(Ordering::SeqCst));
+        tokio::time::advance(2 * MS).await;
+        assert!(futures_poll(&mut fut).is_pending());
+        assert!(dropped.load(Ordering::SeqCst), "dropped after 100 ms");
+        assert_eq!(stub.seen().len(), 1);
+        let res = fut.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(stub.gaps(), [Duration::from_secs(2)]);
+    }
+
+    fn with_body(res: Response<TestBody>, body: TestBody) -> Response<TestBody> {
+        let (parts, _) = res.into_parts();
+        Response::from_parts(parts, body)
+    }
+
+    fn futures_poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        Pin::new(f).poll(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_future_ends_the_wait() {
+        let stub = Stub::statuses(&[503]);
+        let retry = Retry::new(stub.clone(), plain().build().unwrap());
+        let mut fut = Box::pin(retry.oneshot(get()));
+        assert!(futures_poll(&mut fut).is_pending());
+        assert_eq!(stub.seen().len(), 1);
+        drop(fut);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[test]
+    fn hosts_drop_user_information() {
+        let uri: Uri = "http://user:secret@api.test:8080/x".parse().unwrap();
+        assert_eq!(host_of(&uri), "api.test:8080");
+        assert_eq!(host_of(&"/relative".parse().unwrap()), "");
+    }
+}
