@@ -126,6 +126,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The longest pause between two frames of a response body before the
+    /// body fails with a timeout: the guard for streaming downloads that
+    /// opt out of the deadline. `None` disables it. Default: none (the
+    /// deadline covers the body).
+    pub fn body_idle_timeout(mut self, idle: impl Into<Option<Duration>>) -> Self {
+        self.layers.body_idle_timeout = idle.into();
+        self
+    }
+
     /// How long an idle pooled connection is kept. `None` keeps it until the
     /// server closes it. Default: 30 s, below the 60 s and 75 s keep-alive
     /// timeouts of common load balancers, so we close first.

@@ -10,6 +10,7 @@ mod builder;
 mod classify;
 mod client;
 mod error;
+mod optional;
 mod response;
 mod stack;
 mod transport;
@@ -22,3 +23,4 @@ pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
 pub use transport::{Certificate, Identity};
 
 pub use parapet_core as core;
+pub use parapet_timeout as timeout;

@@ -3,20 +3,22 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use parapet_core::{BoxError, ReplayBody};
-use tower::ServiceExt;
+use parapet_timeout::{AttemptTimeoutLayer, DeadlineLayer};
 use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::Body;
 use crate::client::Stack;
 use crate::error::{InvalidConfig, Kind};
+use crate::optional::Optional;
 
 /// The configuration of every layer.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerConfig {
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) deadline: Option<Duration>,
+    pub(crate) body_idle_timeout: Option<Duration>,
 }
 
 impl Default for LayerConfig {
@@ -24,6 +26,7 @@ impl Default for LayerConfig {
         Self {
             attempt_timeout: Some(Duration::from_secs(10)),
             deadline: Some(Duration::from_secs(30)),
+            body_idle_timeout: None,
         }
     }
 }
@@ -48,15 +51,23 @@ impl LayerConfig {
                 )));
             }
         }
-        let svc = transport
-            .map_response(|r: http::Response<B>| r.map(|b| Body::new(b.map_err(Into::into))))
-            .map_err(Into::into);
+        let attempt = self
+            .attempt_timeout
+            .map(|limit| AttemptTimeoutLayer::new(limit).body_idle_timeout(self.body_idle_timeout));
+        let svc = ServiceBuilder::new()
+            .layer(Optional(self.deadline.map(DeadlineLayer::new)))
+            .layer(Optional(attempt))
+            .service(transport)
+            .map_response(|r| r.map(Body::new));
         Ok(BoxCloneSyncService::new(svc))
     }
 }
 
 /// What a layer's own error type says happened, if `e` is one.
 pub(crate) fn layer_kind(e: &(dyn StdError + 'static)) -> Option<(Kind, Option<Duration>)> {
-    let _ = e;
+    use parapet_timeout::{AttemptTimedOut, BodyTimedOut, DeadlineExceeded};
+    if e.is::<DeadlineExceeded>() || e.is::<AttemptTimedOut>() || e.is::<BodyTimedOut>() {
+        return Some((Kind::Timeout, None));
+    }
     None
 }
