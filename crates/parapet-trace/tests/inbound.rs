@@ -1,5 +1,6 @@
 //! Inbound to outbound: an axum server serving a request with an id calls an
 //! upstream (parapet-testkit), which sees the same id.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // helpers outside #[test] fns
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! With no subscriber at all (its own test binary, so that no other test's
 //! scoped subscriber is registered), the trace layers only pass through.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // helpers outside #[test] fns
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! From the server's side (parapet-testkit): one id on every attempt of a
 //! call, and a caller's id kept.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // helpers outside #[test] fns
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! What a subscriber sees: one call span, one child span per attempt, levels
 //! that keep a fixed 503 quiet, and no secret anywhere.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // helpers outside #[test] fns
 
 mod support;
 

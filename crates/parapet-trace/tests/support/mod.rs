@@ -1,5 +1,10 @@
 //! Test helpers: a capturing subscriber, a tiny retry loop, a hyper client.
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
 
 use std::future::Future;
 use std::io::Write;
@@ -221,12 +226,15 @@ where
     }
 }
 
+/// The requests a stand-in upstream saw.
+pub type Seen = Arc<Mutex<Vec<Request<Full<Bytes>>>>>;
+
 /// A stand-in upstream answering the given statuses in turn (the last one
 /// repeats) and recording the requests it saw.
 pub fn scripted(
     statuses: &'static [u16],
 ) -> (
-    Arc<Mutex<Vec<Request<Full<Bytes>>>>>,
+    Seen,
     impl Service<
         Request<Full<Bytes>>,
         Response = Response<()>,
@@ -236,7 +244,7 @@ pub fn scripted(
     + Send
     + 'static,
 ) {
-    let seen: Arc<Mutex<Vec<Request<Full<Bytes>>>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let log = seen.clone();
     let svc = tower::service_fn(move |req: Request<Full<Bytes>>| {
         let n = {
