@@ -4,6 +4,7 @@
 //! `400` (or `413`) and a close, every I/O error the end of the connection.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -67,24 +68,25 @@ enum Next {
 }
 
 /// A request in flight; leaves the count when released or dropped.
+///
+/// The flag is shared with the server's registry of waiting requests, so
+/// that whichever notices first that the request is over (this task, or a
+/// sweep from another connection) takes it out of the count, once.
 struct InFlight {
     shared: Arc<Shared>,
-    live: bool,
+    live: Arc<AtomicBool>,
 }
 
 impl InFlight {
     fn enter(shared: &Arc<Shared>) -> Self {
-        shared.enter();
         Self {
             shared: Arc::clone(shared),
-            live: true,
+            live: shared.enter(),
         }
     }
 
     fn release(&mut self) {
-        if std::mem::replace(&mut self.live, false) {
-            self.shared.leave();
-        }
+        self.shared.leave(&self.live);
     }
 }
 
@@ -142,7 +144,7 @@ impl Conn {
                 self.shared.record(arrival);
                 let mut ticket = InFlight::enter(&self.shared);
                 if let Some(wait) = reply.delay {
-                    if !self.pause(wait).await {
+                    if !self.pause(wait, &ticket).await {
                         return Next::Drop;
                     }
                 }
@@ -198,7 +200,7 @@ impl Conn {
         mut ticket: InFlight,
     ) -> Next {
         if let Some(wait) = reply.delay {
-            if !self.pause(wait).await {
+            if !self.pause(wait, &ticket).await {
                 return Next::Drop;
             }
         }
@@ -212,7 +214,7 @@ impl Conn {
                 return Next::Reset;
             }
             Action::Hang => {
-                self.watch_peer().await;
+                self.watch_peer(&ticket).await;
                 return Next::Drop;
             }
             Action::Respond | Action::ResetAfterHeaders => {}
@@ -241,7 +243,7 @@ impl Conn {
                 }
                 let mut rest = body;
                 while !rest.is_empty() {
-                    if !self.pause(every).await {
+                    if !self.pause(every, &ticket).await {
                         return Next::Drop;
                     }
                     let piece = rest.split_to(chunk.min(rest.len()));
@@ -396,13 +398,18 @@ impl Conn {
 
     /// Wait `wait` while watching the connection. `false` when the client
     /// went away meanwhile.
-    async fn pause(&mut self, wait: Duration) -> bool {
-        timeout(wait, self.watch_peer()).await.is_err()
+    async fn pause(&mut self, wait: Duration, ticket: &InFlight) -> bool {
+        timeout(wait, self.watch_peer(ticket)).await.is_err()
     }
 
     /// Return when the client has closed or reset the connection. Anything
     /// it sends meanwhile (a pipelined request) is kept for later.
-    async fn watch_peer(&mut self) {
+    ///
+    /// Meanwhile the request is in the server's registry of waiting
+    /// requests, so that a new request can first check whether this one's
+    /// client has already gone (see [`Shared::enter`]).
+    async fn watch_peer(&mut self, ticket: &InFlight) {
+        let _registered = self.shared.watch(&self.stream, &ticket.live);
         loop {
             if self.buf.len() > MAX_HEAD + MAX_BODY {
                 // A client flooding a paused connection: stop reading and

@@ -6,12 +6,12 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -74,6 +74,10 @@ pub(crate) struct Shared {
     connections: AtomicU64,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Requests held while their reply waits (delay, drip, hang), by token.
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    /// The next token for `waiting`.
+    next_token: AtomicU64,
     /// Woken whenever an arrival is recorded or `in_flight` changes.
     changed: Notify,
 }
@@ -140,6 +144,8 @@ impl Server {
             connections: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            waiting: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(0),
             changed: Notify::new(),
         });
         let listener = Arc::new(Mutex::new(Some(listener)));
@@ -255,11 +261,16 @@ impl Server {
     ///
     /// While a reply is delayed, dripped or hanging, the server watches the
     /// connection and ends the request when the client closes or resets it.
-    /// That is noticed a moment after the client let go, so when a client
-    /// abandons a request and at once sends another on a new connection,
-    /// both may be counted briefly. Test concurrency limits with replies
-    /// that complete (a [`delay`](Reply::delay) longer than the overlap you
-    /// want), not with abandoned ones.
+    /// Before it counts a new request, it also checks every such held
+    /// request and ends those whose client has already closed or reset the
+    /// connection. So a client that abandons a request (say, on a timeout),
+    /// closes that connection and then sends a retry is never counted
+    /// twice. A client that abandons a request but keeps its connection open
+    /// still holds it in flight: to the server it is still waiting. (hyper
+    /// closes such a connection from its own task, a moment after the
+    /// request future is dropped; test concurrency limits with replies that
+    /// complete, and use abandoned ones only where that moment cannot
+    /// matter.)
     #[must_use]
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
@@ -381,17 +392,108 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    /// One more request in flight.
-    pub(crate) fn enter(&self) {
+    /// One more request in flight; returns its liveness flag.
+    ///
+    /// First, every request held while its reply waits is checked: if its
+    /// client has already closed or reset the connection (the kernel knows,
+    /// even if that connection's task has not run yet), it leaves the count
+    /// now. A client that abandons a request, closes its connection and only
+    /// then sends the next request is therefore never counted twice.
+    pub(crate) fn enter(&self) -> Arc<AtomicBool> {
+        {
+            let waiting = lock(&self.waiting);
+            for w in waiting.values() {
+                if w.live.load(Ordering::SeqCst) && peer_gone(&w.peer) {
+                    self.leave(&w.live);
+                }
+            }
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         self.changed.notify_waiters();
+        Arc::new(AtomicBool::new(true))
     }
 
-    /// One request fewer in flight.
-    pub(crate) fn leave(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+    /// The request with this flag leaves the count (once, whoever calls).
+    pub(crate) fn leave(&self, live: &AtomicBool) {
+        if live.swap(false, Ordering::SeqCst) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Register a request whose reply is waiting, until the guard drops.
+    /// `None` (nothing registered) where the socket cannot be shared.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        stream: &TcpStream,
+        live: &Arc<AtomicBool>,
+    ) -> Option<Watched> {
+        let peer = share_socket(stream)?;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        lock(&self.waiting).insert(
+            token,
+            Waiting {
+                peer,
+                live: Arc::clone(live),
+            },
+        );
+        Some(Watched {
+            shared: Arc::clone(self),
+            token,
+        })
+    }
+}
+
+/// A request held while its reply waits.
+struct Waiting {
+    /// A second handle on the connection's socket, to peek at it. It is
+    /// dropped (by [`Watched`]) before the connection can close, so it never
+    /// keeps a socket open or turns a reset into a close.
+    peer: std::net::TcpStream,
+    live: Arc<AtomicBool>,
+}
+
+/// Keeps a request in the waiting registry; removes it when dropped.
+pub(crate) struct Watched {
+    shared: Arc<Shared>,
+    token: u64,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        drop(lock(&self.shared.waiting).remove(&self.token));
+    }
+}
+
+/// A duplicate handle on the socket (the same socket, not a new one).
+#[cfg(unix)]
+fn share_socket(stream: &TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    stream
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from)
+}
+
+/// Where sockets cannot be duplicated this way, nothing is registered and
+/// abandoned requests leave the count when their own task notices.
+#[cfg(not(unix))]
+fn share_socket(_stream: &TcpStream) -> Option<std::net::TcpStream> {
+    None
+}
+
+/// Whether the client has closed or reset the connection, without
+/// consuming anything (the socket is non-blocking).
+fn peer_gone(peer: &std::net::TcpStream) -> bool {
+    match peer.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
     }
 }
 

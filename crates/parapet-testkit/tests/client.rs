@@ -457,3 +457,23 @@ async fn head_requests_get_headers_without_a_body() {
     );
     assert_eq!(server.connections(), 1);
 }
+
+#[tokio::test]
+async fn a_timed_out_attempt_and_its_retry_are_not_counted_together() {
+    // What a retry layer's tests rely on: an attempt abandoned on a timeout
+    // (hyper then closes its connection) is no longer in flight once the
+    // retry arrives.
+    let server = Server::start().await;
+    let client = client();
+
+    for _ in 0..10 {
+        server.on("/").replies([Reply::hang(), Reply::ok()]);
+        let first =
+            tokio::time::timeout(Duration::from_millis(20), get(&client, &server.url("/"))).await;
+        assert!(first.is_err(), "the first attempt hangs");
+        assert_eq!(get(&client, &server.url("/")).await.unwrap().status, 200);
+    }
+
+    assert_eq!(server.hits("/"), 20);
+    assert_eq!(server.max_in_flight(), 1);
+}

@@ -400,6 +400,27 @@ async fn a_client_leaving_during_a_delay_ends_the_request_at_once() {
         .expect("not after the 30 s delay");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_is_not_counted_with_the_next_one() {
+    // The client gives up on a hanging request, closes its connection, and
+    // only then sends its retry: never two in flight at once.
+    let server = Server::start().await;
+    server.on("/").replies([Reply::hang(), Reply::ok()]);
+
+    for round in 1..=20 {
+        server.on("/").replies([Reply::hang(), Reply::ok()]);
+        let mut abandoned = Wire::open(&server).await;
+        abandoned.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+        server.wait_for_arrivals(2 * round - 1).await;
+        drop(abandoned);
+        let mut retry = Wire::open(&server).await;
+        retry.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+        assert!(retry.response().await.0.starts_with("HTTP/1.1 200"));
+    }
+
+    assert_eq!(server.max_in_flight(), 1);
+}
+
 #[tokio::test]
 async fn dropping_the_server_refuses_new_connections() {
     let server = Server::start().await;
