@@ -1,4 +1,111 @@
-//! parapet-ratelimit (docs to come).
+//! Stay under the limits of the APIs you call: a client-side token bucket,
+//! a gate that obeys what servers say, and a cap on calls in flight.
+//!
+//! Three independent `tower` layers over `http::Request` / `http::Response`:
+//!
+//! - [`RateLimitLayer`]: a client-side [`Quota`] ("n per period" plus a
+//!   burst; governor's GCRA on tokio's clock), one bucket for every call or
+//!   one per authority (scheme, host, port), idle keys evicted.
+//! - [`ThrottleLayer`]: reads each response's rate-limit signals (`429`/`503`
+//!   with `Retry-After`, exhausted `X-RateLimit-*`, the IETF `RateLimit`
+//!   field, GitHub's `403`) and closes that authority's gate until the time
+//!   given, for every task sharing the client; spreads the last few requests
+//!   of a server's window over it.
+//! - [`ConcurrencyLimitLayer`]: at most N calls in flight, overall or per
+//!   authority, each holding its slot until its response body has ended.
+//!
+//! All three share their state behind an `Arc` among every service the
+//! layer makes and all their clones. `poll_ready` only forwards to the inner
+//! service; every wait happens inside the response future, so an idle clone
+//! holds nothing, and dropping a future gives back whatever it held.
+//!
+//! # Waiting or rejecting
+//!
+//! By default a call that must wait does so, within the layer's `max_wait`
+//! (unset by default) and the call's [`Deadline`](parapet_core::Deadline)
+//! (set by the deadline layer, or by hand in the request's extensions). When
+//! the wait would end past either, the call fails at once, without waiting
+//! first, with the layer's own error: [`RateLimited`] (with the earliest
+//! moment it could have gone), [`Throttled`] (with the time left before the
+//! gate opens) or [`ConcurrencyLimited`]. With `.reject()` a layer fails
+//! every call that would have to wait, for load shedding. The services
+//! return [`BoxError`](parapet_core::BoxError); downcast it to tell these
+//! apart.
+//!
+//! # Where these layers go
+//!
+//! The recommended stack, outermost first:
+//!
+//! ```text
+//! request id + trace → deadline → retry → THROTTLE → RATE LIMIT → auth
+//!     → CONCURRENCY LIMIT → attempt timeout → hyper-util client
+//! ```
+//!
+//! - **Inside retry**, all three: every attempt waits at the gate, spends a
+//!   token and takes a slot, because every attempt is a request the server
+//!   counts. A retry that waits out a `Retry-After` finds the gate open; one
+//!   that did not honour it waits at the gate.
+//! - **Throttle outside the rate limit**: a call held at a closed gate has
+//!   spent no token, so the bucket is full when the server lets us back in,
+//!   and the gate sees the response of every attempt.
+//! - **Rate limit outside auth**: a call that is going to wait for its token
+//!   does not fetch a credential first, and a token refresh is not itself
+//!   rate limited as an API call.
+//! - **Concurrency limit inside auth**: a slow token fetch does not sit on
+//!   a slot that another call could use.
+//! - **Concurrency limit outside the attempt timeout**: the wait for a slot
+//!   is not counted against the attempt (only the deadline bounds it), and
+//!   an attempt that times out is dropped, which frees its slot.
+//!
+//! [`ConcurrencyLimit`] wraps the response body ([`ConcurrencyLimitBody`])
+//! so that the slot is held until the body ends; layers outside it see that
+//! body type.
+//!
+//! ```
+//! use std::num::{NonZeroU32, NonZeroUsize};
+//! use std::time::Duration;
+//! use http_body_util::{BodyExt, Full};
+//! use parapet_core::BoxError;
+//! use parapet_ratelimit::{ConcurrencyLimitLayer, Quota, RateLimitLayer, ThrottleLayer};
+//! use tokio::time::Instant;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let quota = Quota::per_second(NonZeroU32::new(50).unwrap()).burst(NonZeroU32::new(5).unwrap());
+//! let client = ServiceBuilder::new()
+//!     .layer(ThrottleLayer::new().max_wait(Duration::from_secs(30)))
+//!     .layer(RateLimitLayer::per_authority(quota))
+//!     .layer(ConcurrencyLimitLayer::per_authority(NonZeroUsize::new(8).unwrap()))
+//!     // Stands in for the hyper-util client.
+//!     .service_fn(|_req: http::Request<()>| async {
+//!         Ok::<_, BoxError>(http::Response::new(Full::new(bytes::Bytes::from("{}"))))
+//!     });
+//!
+//! let start = Instant::now();
+//! for _ in 0..10 {
+//!     let req = http::Request::get("https://api.example.com/v1/items").body(()).unwrap();
+//!     let res = client.clone().oneshot(req).await.unwrap();
+//!     res.into_body().collect().await.unwrap();
+//! }
+//! // A burst of 5, then one every 20 ms.
+//! assert_eq!(start.elapsed(), Duration::from_millis(100));
+//! # }
+//! ```
+//!
+//! # Time and cost
+//!
+//! Everything runs on `tokio::time`, so tests with paused time control the
+//! buckets, gates and waits. On the common path (nothing to wait for) a call
+//! through the shared rate limiter costs one atomic compare-and-swap and no
+//! allocation; the per-authority variants add a hash-map lookup under a
+//! mutex (the key borrows the request's URI, so no allocation either, except
+//! for an authority seen for the first time); the throttle does not touch its
+//! map while no gate is closed, and reads the system clock only for a
+//! response that carries a rate-limit signal.
+//!
+//! Per-authority state is swept by a small background task that runs only
+//! while there is state to sweep and stops by itself.
 
 mod authority;
 mod clock;
