@@ -11,20 +11,25 @@ use tokio::time::Instant;
 /// A retry budget keeps a failing dependency from being hammered: when
 /// most calls fail, retrying each of them up to the attempt limit would
 /// multiply the load on a server that is already in trouble. The budget
-/// says "retries add at most `percent` % to the calls made, plus a floor of
-/// `min_per_second` retries per second so that a quiet client can still
-/// retry". It works like Finagle's and tower's `TpsBudget`: a sliding window
-/// (default 10 s, in ten slots) of calls made and retries spent. A retry is
-/// allowed when, over the window,
+/// says "retries add at most `percent` % to the calls made", with a floor
+/// of `min_per_second` retries per second so that a quiet client (or one
+/// that has just started) can still retry. Like Finagle's and tower's
+/// `TpsBudget` it counts calls made and retries spent over a sliding window
+/// (default 10 s, in ten slots). A retry is allowed when, over the window,
 ///
 /// ```text
-/// retries + 1 <= percent/100 × calls + min_per_second × seconds the window has been open
+/// retries + 1 <= max(percent/100 × calls, min_per_second × seconds the window has been open)
 /// ```
 ///
-/// The floor builds up second by second from the first call to a host (it
-/// is not granted all at once), so over any stretch of `t` seconds since the
-/// first call a host sees at most `(1 + percent/100) × calls +
-/// min_per_second × ⌈t⌉` requests.
+/// The floor is a minimum, not an addition, and it builds up second by
+/// second from the first call to a host (it is not granted a whole window
+/// ahead): in a total outage of `n` calls over `t` seconds a host sees at
+/// most `n + max(percent/100 × n, min_per_second × ⌈t⌉)` requests, which is
+/// within `(1 + percent/100) × n + min_per_second × t` whenever the share
+/// is the larger, as it is for any busy client. (Finagle and tower add the
+/// two and grant the floor's whole window at once, which lets a client that
+/// has just started send `min_per_second × window` retries in its first
+/// second.)
 ///
 /// The budget is shared by every clone of the service and by every service
 /// one [`RetryLayer`](crate::RetryLayer) makes, and kept per host (the URI's
@@ -236,7 +241,7 @@ impl Budgets {
         let open_slots = (index.saturating_sub(h.first) + 1).min(SLOTS as u64);
         let allowance = calls
             .saturating_mul(self.deposit)
-            .saturating_add(self.floor_per_slot.saturating_mul(open_slots));
+            .max(self.floor_per_slot.saturating_mul(open_slots));
         if retries.saturating_add(1).saturating_mul(1000) > allowance {
             return false;
         }
@@ -300,21 +305,30 @@ mod tests {
         let b = budgets(20, 10);
         let now = Instant::now();
         b.deposit("a:80", now);
-        // 0.2 from the call, 10 from the floor.
+        // 0.2 from the call, but a floor of 10.
         assert_eq!(retries_allowed(&b, "a:80", now), 10);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retries_add_at_most_the_share_plus_the_floor() {
+    async fn retries_add_at_most_the_share_or_the_floor() {
         let b = budgets(20, 10);
         let now = Instant::now();
         for _ in 0..1000 {
             b.deposit("h", now);
         }
-        assert_eq!(retries_allowed(&b, "h", now), 200 + 10);
-        // One second later the floor has grown by ten more.
+        assert_eq!(retries_allowed(&b, "h", now), 200);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(retries_allowed(&b, "h", Instant::now()), 10);
+        assert_eq!(retries_allowed(&b, "h", Instant::now()), 0);
+
+        // A quiet host: the floor grows by ten each second, up to the window.
+        let b = budgets(20, 10);
+        b.deposit("q", Instant::now());
+        assert_eq!(retries_allowed(&b, "q", Instant::now()), 10);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(retries_allowed(&b, "q", Instant::now()), 10);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        b.deposit("q", Instant::now());
+        assert_eq!(retries_allowed(&b, "q", Instant::now()), 100);
     }
 
     #[tokio::test(start_paused = true)]

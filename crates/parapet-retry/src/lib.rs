@@ -63,8 +63,8 @@
 //!   `Retry-After` is ignored (plain backoff). No wait is started that
 //!   would end after the deadline.
 //! - **How much in all**: a [`RetryBudget`] per host, shared by every
-//!   clone: retries add at most 20 % to the calls made, plus 10 retries per
-//!   second.
+//!   clone: retries add at most 20 % to the calls made, with a floor of 10
+//!   retries per second for quiet clients.
 //! - **Bodies**: the request body is wrapped in a
 //!   [`ReplayBody`](parapet_core::ReplayBody) capped at 64 KiB (a
 //!   `ReplayBody` an outer layer armed is reused). A body that cannot be
