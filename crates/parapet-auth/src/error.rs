@@ -30,6 +30,7 @@ pub struct InvalidCredential {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Problem {
     Empty,
+    NotVisible,
     ControlCharacter,
     Colon,
     NotAHeaderName,
@@ -42,6 +43,13 @@ impl InvalidCredential {
         Self {
             what,
             problem: Problem::Empty,
+        }
+    }
+
+    pub(crate) const fn not_visible(what: &'static str) -> Self {
+        Self {
+            what,
+            problem: Problem::NotVisible,
         }
     }
 
@@ -97,7 +105,10 @@ impl InvalidCredential {
     /// where none may be.
     #[must_use]
     pub fn is_control_character(&self) -> bool {
-        self.problem == Problem::ControlCharacter
+        matches!(
+            self.problem,
+            Problem::ControlCharacter | Problem::NotVisible
+        )
     }
 }
 
@@ -106,10 +117,13 @@ impl fmt::Display for InvalidCredential {
         let what = self.what;
         match self.problem {
             Problem::Empty => write!(f, "invalid {what}: it is empty"),
-            Problem::ControlCharacter => write!(
+            Problem::NotVisible => write!(
                 f,
                 "invalid {what}: it contains whitespace or a control character"
             ),
+            Problem::ControlCharacter => {
+                write!(f, "invalid {what}: it contains a control character")
+            }
             Problem::Colon => write!(f, "invalid {what}: it contains a colon"),
             Problem::NotAHeaderName => write!(f, "invalid {what}: it is not a valid header name"),
             Problem::NotAnAbsoluteUrl => {

@@ -89,7 +89,7 @@ fn check(what: &'static str, value: &str) -> Result<(), InvalidCredential> {
     if value.is_empty() {
         Err(InvalidCredential::empty(what))
     } else if !is_visible_ascii(value) {
-        Err(InvalidCredential::control_character(what))
+        Err(InvalidCredential::not_visible(what))
     } else {
         Ok(())
     }
@@ -241,6 +241,10 @@ impl AuthLayer {
     }
 
     /// What to do with a 401 to a request sent with a cached token.
+    ///
+    /// To be able to send a request again, the layer keeps a copy of its
+    /// head (method, URI, headers, extensions) and a replay of its body for
+    /// the duration of the call; [`On401::Return`] saves that per-call copy.
     ///
     /// Default: [`On401::Refresh`].
     #[must_use]

@@ -35,12 +35,6 @@ impl<S> Auth<S> {
         Self { inner, layer }
     }
 
-    /// The layer this service was made with (a clone).
-    #[must_use]
-    pub fn layer(&self) -> AuthLayer {
-        self.layer.clone()
-    }
-
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner

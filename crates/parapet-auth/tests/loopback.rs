@@ -477,13 +477,13 @@ async fn planted_secrets_never_reach_tracing_output_or_debug_strings() {
             r#"{{"access_token":"{PLANT} x","token_type":"Bearer"}}"#
         )),
         Reply::json(format!(
-            r#"{{"access_token":"{PLANT}","token_type":"{PLANT}-MAC"}}"#
+            r#"{{"access_token":"{PLANT}","token_type":"MAC"}}"#
         )),
     ]);
     let ep = TokenEndpoint::new(client.clone(), &fx.server.url("/bad-token")).unwrap();
     let failing = ClientCredentialsGrant::new(ep.clone(), "id", PLANT).unwrap();
     let failing = Arc::new(failing);
-    for _ in 0..3 {
+    for _ in 0..4 {
         let cache = TokenCache::builder(Arc::clone(&failing))
             .fetch_attempts(1)
             .build();
@@ -495,6 +495,7 @@ async fn planted_secrets_never_reach_tracing_output_or_debug_strings() {
             .unwrap_err();
         debug += &format!("{e} {e:?} {boxed} {boxed:?} {cache:?} {failing:?} {ep:?}");
     }
+    assert_eq!(fx.server.hits("/bad-token"), 4);
     let refresh = RefreshTokenGrant::new(ep, PLANT).unwrap();
     debug += &format!("{refresh:?}");
 
