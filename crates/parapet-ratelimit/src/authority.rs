@@ -178,16 +178,25 @@ impl Janitor {
             janitor.running.store(false, Ordering::Release);
             return;
         };
-        let weak = Arc::downgrade(state);
-        let every = janitor.every;
-        drop(handle.spawn(run(weak, every)));
+        // NOTE: the guard is made here, not in the task, so that it is
+        // dropped (lowering the flag) even if the task is never polled.
+        let guard = Running {
+            weak: Arc::downgrade(state),
+            armed: true,
+        };
+        drop(handle.spawn(run(guard, janitor.every)));
     }
 }
 
-async fn run<T: Sweep>(weak: Weak<T>, every: Duration) {
+/// The sweeping task. If the runtime drops it (it is shutting down), `guard`
+/// lowers the flag, or no sweeping task would ever start again.
+async fn run<T: Sweep>(mut guard: Running<T>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let Some(state) = weak.upgrade() else { return };
+        let Some(state) = guard.weak.upgrade() else {
+            guard.armed = false;
+            return;
+        };
         if state.sweep() > 0 {
             continue;
         }
@@ -197,7 +206,24 @@ async fn run<T: Sweep>(weak: Weak<T>, every: Duration) {
         // `running == true` and started no task: take the flag back and go on.
         // If an inserter got the flag first, its task takes over.
         if state.sweep() == 0 || janitor.running.swap(true, Ordering::SeqCst) {
+            guard.armed = false;
             return;
+        }
+    }
+}
+
+/// Lowers the janitor's flag when its task is dropped before it ends.
+struct Running<T: Sweep> {
+    weak: Weak<T>,
+    armed: bool,
+}
+
+impl<T: Sweep> Drop for Running<T> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(state) = self.weak.upgrade() {
+                state.janitor().running.store(false, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -263,5 +289,70 @@ mod tests {
         let none = Authority::of(&Request::get("/x").body(()).unwrap());
         assert_eq!(none, none.clone());
         assert_ne!(none, k);
+    }
+
+    #[derive(Default)]
+    struct Counter {
+        entries: std::sync::atomic::AtomicUsize,
+        sweeps: std::sync::atomic::AtomicUsize,
+        janitor: Option<Janitor>,
+    }
+
+    impl Sweep for Counter {
+        fn sweep(&self) -> usize {
+            self.sweeps.fetch_add(1, Ordering::SeqCst);
+            self.entries.store(0, Ordering::SeqCst);
+            0
+        }
+        fn janitor(&self) -> &Janitor {
+            self.janitor.as_ref().unwrap()
+        }
+    }
+
+    fn counter() -> Arc<Counter> {
+        Arc::new(Counter {
+            janitor: Some(Janitor::new(Duration::from_secs(1))),
+            ..Counter::default()
+        })
+    }
+
+    #[test]
+    fn a_janitor_dropped_with_its_runtime_can_start_again() {
+        let state = counter();
+        state.entries.store(1, Ordering::SeqCst);
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        rt().block_on(async { Janitor::ensure(&state) });
+        // That runtime is gone, and its task with it.
+        assert!(!state.janitor().running.load(Ordering::SeqCst));
+        rt().block_on(async {
+            Janitor::ensure(&state);
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        });
+        assert_eq!(state.entries.load(Ordering::SeqCst), 0);
+        assert!(state.sweeps.load(Ordering::SeqCst) >= 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_janitor_stops_when_empty_and_restarts_on_demand() {
+        let state = counter();
+        state.entries.store(3, Ordering::SeqCst);
+        Janitor::ensure(&state);
+        Janitor::ensure(&state);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!state.janitor().running.load(Ordering::SeqCst));
+        let sweeps = state.sweeps.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(state.sweeps.load(Ordering::SeqCst), sweeps, "no task left");
+        state.entries.store(1, Ordering::SeqCst);
+        Janitor::ensure(&state);
+        assert!(state.janitor().running.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(state.entries.load(Ordering::SeqCst), 0);
     }
 }

@@ -137,8 +137,11 @@ impl fmt::Debug for Buckets {
 /// a waiter that is dropped has consumed nothing. In reject mode
 /// ([`reject`](Self::reject)) an empty bucket fails the call at once.
 ///
-/// Per-authority state is dropped once its bucket has filled up again and it
-/// has seen no call, so memory stays bounded however many hosts are called.
+/// Per-authority state is dropped once the authority has been idle long
+/// enough for its bucket to be full again (at most `(burst + 1) × interval`
+/// after its last call, then at the next sweep: sweeps run every refill time,
+/// between once a second and once a minute), so memory stays bounded however
+/// many hosts are called.
 ///
 /// ```
 /// use std::num::NonZeroU32;
