@@ -347,10 +347,12 @@ impl Conn {
 
     /// Take exactly `n` bytes.
     async fn read_exact(&mut self, n: usize) -> Result<Bytes, ReadError> {
-        if self.buf.len() < n {
-            self.buf.reserve(n - self.buf.len());
-        }
         while self.buf.len() < n {
+            // Grow with what arrives, not with what the client announced.
+            let want = (n - self.buf.len()).min(1024 * 1024);
+            if self.buf.capacity() - self.buf.len() < want {
+                self.buf.reserve(want);
+            }
             self.fill().await?;
         }
         Ok(self.buf.split_to(n).freeze())

@@ -1,5 +1,6 @@
 //! The server handle, its routes and its records.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     routes: Mutex<HashMap<String, Script>>,
     arrivals: Mutex<Vec<Arrival>>,
     connections: AtomicU64,
+    requests: AtomicU64,
+    recording: AtomicBool,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     /// Requests held while their reply waits (delay, drip, hang), by token.
@@ -142,6 +145,8 @@ impl Server {
             routes: Mutex::new(HashMap::new()),
             arrivals: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            recording: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             waiting: Mutex::new(HashMap::new()),
@@ -195,13 +200,14 @@ impl Server {
         format!("http://{}{slash}{path}", self.addr)
     }
 
-    /// Script the route for `path` (matched exactly against the request's
-    /// path; the query is ignored). See [`Route`].
+    /// Script the route for `path`, matched exactly against the request's
+    /// path (the query is ignored; anything from a `?` in `path` is dropped,
+    /// and a `/` is put in front if it lacks one). See [`Route`].
     #[must_use = "a route does nothing until given a reply, replies or a handler"]
     pub fn on(&self, path: &str) -> Route {
         Route {
             shared: Arc::clone(&self.shared),
-            path: path.to_owned(),
+            path: route_path(path).into_owned(),
         }
     }
 
@@ -211,22 +217,26 @@ impl Server {
         lock(&self.shared.arrivals).clone()
     }
 
-    /// The requests recorded so far for `path` (exact match, query ignored).
+    /// The requests recorded so far for `path` (matched as in
+    /// [`on`](Self::on)).
     #[must_use]
     pub fn arrivals_for(&self, path: &str) -> Vec<Arrival> {
+        let path = route_path(path);
         lock(&self.shared.arrivals)
             .iter()
-            .filter(|a| a.path == path)
+            .filter(|a| a.path == *path)
             .cloned()
             .collect()
     }
 
-    /// How many requests have been recorded for `path`.
+    /// How many requests have been recorded for `path` (matched as in
+    /// [`on`](Self::on)).
     #[must_use]
     pub fn hits(&self, path: &str) -> usize {
+        let path = route_path(path);
         lock(&self.shared.arrivals)
             .iter()
-            .filter(|a| a.path == path)
+            .filter(|a| a.path == *path)
             .count()
     }
 
@@ -234,6 +244,24 @@ impl Server {
     /// numbers and the counters are kept).
     pub fn clear_arrivals(&self) {
         lock(&self.shared.arrivals).clear();
+    }
+
+    /// Whether to keep a record of every request. Default: `true`.
+    ///
+    /// A benchmark sending millions of requests turns it off so that memory
+    /// stays flat; [`requests`](Self::requests), the connection and
+    /// in-flight counts and handlers keep working, while
+    /// [`arrivals`](Self::arrivals), [`hits`](Self::hits) and
+    /// [`wait_for_arrivals`](Self::wait_for_arrivals) only see what was
+    /// recorded while it was on.
+    pub fn record_arrivals(&self, on: bool) {
+        self.shared.recording.store(on, Ordering::SeqCst);
+    }
+
+    /// How many requests the server has read (recorded or not).
+    #[must_use]
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
     }
 
     /// How many connections the server has accepted.
@@ -277,7 +305,9 @@ impl Server {
     }
 
     /// Wait until at least `n` arrivals have been recorded, and return them
-    /// all.
+    /// all. (Arrivals forgotten by [`clear_arrivals`](Self::clear_arrivals)
+    /// or not recorded because of [`record_arrivals`](Self::record_arrivals)
+    /// do not count.)
     pub async fn wait_for_arrivals(&self, n: usize) -> Vec<Arrival> {
         loop {
             let mut changed = pin!(self.shared.changed.notified());
@@ -342,6 +372,16 @@ impl fmt::Debug for Server {
     }
 }
 
+/// The route key of a path as a user writes it: no query, a leading `/`.
+fn route_path(path: &str) -> Cow<'_, str> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path.starts_with('/') || path == "*" {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(format!("/{path}"))
+    }
+}
+
 /// Accept connections until the listener is taken away.
 async fn accept_loop(
     listener: Arc<Mutex<Option<TcpListener>>>,
@@ -388,7 +428,10 @@ impl Shared {
 
     /// Record an arrival.
     pub(crate) fn record(&self, arrival: Arrival) {
-        lock(&self.arrivals).push(arrival);
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.recording.load(Ordering::SeqCst) {
+            lock(&self.arrivals).push(arrival);
+        }
         self.changed.notify_waiters();
     }
 

@@ -477,3 +477,60 @@ async fn a_timed_out_attempt_and_its_retry_are_not_counted_together() {
     assert_eq!(server.hits("/"), 20);
     assert_eq!(server.max_in_flight(), 1);
 }
+
+#[tokio::test]
+async fn turning_recording_off_keeps_counting_but_stores_nothing() {
+    let server = Server::start().await;
+    server.on("/b").reply(Reply::ok());
+    let client = client();
+    get(&client, &server.url("/b")).await.unwrap();
+
+    server.record_arrivals(false);
+    for _ in 0..5 {
+        get(&client, &server.url("/b")).await.unwrap();
+    }
+    server.record_arrivals(true);
+    get(&client, &server.url("/b")).await.unwrap();
+
+    assert_eq!(server.requests(), 7);
+    assert_eq!(server.hits("/b"), 2);
+    server.clear_arrivals();
+    assert!(server.arrivals().is_empty());
+    assert_eq!(server.requests(), 7);
+}
+
+#[tokio::test]
+async fn route_paths_are_normalised_like_urls() {
+    let server = Server::start().await;
+    server
+        .on("v1/items?ignored=1")
+        .reply(Reply::ok().body("items"));
+    let client = client();
+
+    let answer = get(&client, &server.url("v1/items?page=3")).await.unwrap();
+
+    assert_eq!(answer.body.unwrap(), "items");
+    assert_eq!(server.hits("v1/items"), 1);
+    assert_eq!(server.arrivals_for("/v1/items?x").len(), 1);
+}
+
+#[tokio::test]
+async fn large_bodies_travel_whole_both_ways() {
+    let server = Server::start().await;
+    let big: Vec<u8> = (0..3 * 1024 * 1024)
+        .map(|i: u32| i.to_le_bytes()[0] ^ (i >> 11).to_le_bytes()[0])
+        .collect();
+    server.on("/big").reply(Reply::ok().body(big.clone()));
+    let client = client();
+
+    let req = Request::put(server.url("/big"))
+        .body(Full::new(Bytes::from(big.clone())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+
+    assert_eq!(body, big);
+    let seen = &server.arrivals()[0];
+    assert_eq!(seen.body_len, big.len());
+    assert_eq!(seen.body_hash, body_hash(&big));
+}
