@@ -459,3 +459,29 @@ async fn no_secret_in_any_debug_string() {
         "{debug}"
     );
 }
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<AuthLayer>();
+    check::<TokenCache>();
+    check::<parapet_auth::CachedToken>();
+    check::<TokenError>();
+    check::<parapet_auth::InvalidCredential>();
+    check::<parapet_auth::TokenEndpoint>();
+    check::<parapet_auth::ClientCredentialsGrant>();
+    check::<parapet_auth::RefreshTokenGrant>();
+    check::<
+        parapet_auth::Auth<
+            tower::util::BoxCloneSyncService<Request<ReplayBody>, Response<()>, BoxError>,
+        >,
+    >();
+    fn send<T: Send>(_: &T) {}
+    let svc = AuthLayer::bearer("t")
+        .unwrap()
+        .layer(service_fn(|_r: Request<ReplayBody>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let mut svc = svc;
+    send(&svc.call(Request::new(String::new())));
+}
