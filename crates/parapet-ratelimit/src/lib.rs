@@ -123,3 +123,38 @@ pub use error::{ConcurrencyLimited, RateLimited, Throttled};
 pub use quota::Quota;
 pub use ratelimit::{RateLimit, RateLimitFuture, RateLimitLayer};
 pub use throttle::{DEFAULT_MAX_SERVER_WAIT, Throttle, ThrottleFuture, ThrottleLayer};
+
+#[cfg(test)]
+mod tests {
+    use std::num::{NonZeroU32, NonZeroUsize};
+
+    use super::*;
+    use http_body_util::Empty;
+    use parapet_core::BoxError;
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    fn send_sync<T: Send + Sync + Clone>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+
+    #[tokio::test]
+    async fn services_are_send_sync_clone_and_futures_are_send() {
+        let inner = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, BoxError>(http::Response::new(Empty::<bytes::Bytes>::new()))
+        });
+        let mut rate = RateLimitLayer::new(Quota::per_second(NonZeroU32::MIN)).layer(inner);
+        let mut throttle = ThrottleLayer::new().layer(inner);
+        let mut conc = ConcurrencyLimitLayer::new(NonZeroUsize::MIN).layer(inner);
+        send_sync(&rate);
+        send_sync(&throttle);
+        send_sync(&conc);
+        send(&rate.call(http::Request::new(())));
+        send(&throttle.call(http::Request::new(())));
+        send(&conc.call(http::Request::new(())));
+        send_sync(&RateLimitLayer::per_authority(Quota::per_hour(
+            NonZeroU32::MIN,
+        )));
+        send_sync(&ThrottleLayer::default());
+        send_sync(&ConcurrencyLimitLayer::per_authority(NonZeroUsize::MIN));
+    }
+}
