@@ -19,6 +19,7 @@ use tower_service::Service;
 
 use crate::layer::Shared;
 use crate::never_sent::request_never_sent;
+use crate::not_retried::{NotRetried, NotRetriedReason};
 use crate::policy::{Outcome, Verdict};
 
 pin_project! {
@@ -120,9 +121,15 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Attempt { future } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
-                    let Some((retry_at, request)) = this.call.decide(&result) else {
-                        return Poll::Ready(result);
+                    let mut result = ready!(future.poll(cx)).map_err(Into::into);
+                    let (retry_at, request) = match this.call.decide(&result) {
+                        Ok(retry) => retry,
+                        Err(why) => {
+                            if let (Some(why), Ok(res)) = (why, result.as_mut()) {
+                                res.extensions_mut().insert(why);
+                            }
+                            return Poll::Ready(result);
+                        }
                     };
                     let now = Instant::now();
                     let drain = match result {
@@ -250,8 +257,10 @@ impl<S> Call<S> {
     fn decide<B>(
         &mut self,
         result: &Result<Response<B>, BoxError>,
-    ) -> Option<(Instant, Request<ReplayBody>)> {
-        let rs = self.retry.as_mut()?;
+    ) -> Result<(Instant, Request<ReplayBody>), Option<NotRetried>> {
+        let Some(rs) = self.retry.as_mut() else {
+            return Err(None);
+        };
         let policy = &self.shared.policy;
         let (status, headers, error) = match result {
             Ok(res) => (Some(res.status()), Some(res.headers()), None),
@@ -270,16 +279,33 @@ impl<S> Call<S> {
             .as_ref()
             .map_or(Verdict::Default, |c| c(&outcome));
         let reason = match (verdict, status, error) {
-            (Verdict::Return, ..) => return None,
+            (Verdict::Return, ..) => return Err(None),
             (Verdict::Retry, Some(s), _) => Reason::Status(s),
             (Verdict::Default, Some(s), _) if policy.statuses.contains(s) => Reason::Status(s),
-            (Verdict::Default, Some(_), _) | (_, None, None) => return None,
+            (Verdict::Default, Some(_), _) | (_, None, None) => return Err(None),
             (_, None, Some(e)) if request_never_sent(e) => Reason::NotSent,
             (_, None, Some(_)) => Reason::Error,
         };
         let method = &rs.parts.method;
         let host = host_of(&rs.parts.uri);
         let attempt = rs.attempt;
+        // The server's wait, on a status whose Retry-After is obeyed; a
+        // malformed value is `None` (plain backoff).
+        let told = match (status, headers) {
+            (Some(s), Some(h))
+                if policy.retry_after_statuses.contains(s) && h.contains_key(RETRY_AFTER) =>
+            {
+                retry_after(h, SystemTime::now())
+            }
+            _ => None,
+        };
+        let stop = |reason| {
+            Err(Some(NotRetried {
+                reason,
+                attempts: attempt,
+                retry_after: told,
+            }))
+        };
 
         let idempotent =
             policy
@@ -287,11 +313,11 @@ impl<S> Call<S> {
                 .classify(method, &rs.parts.headers, &rs.parts.extensions);
         if !idempotent && reason != Reason::NotSent {
             tracing::debug!(%method, host, attempt, %reason, "not retrying: the request is not idempotent");
-            return None;
+            return stop(NotRetriedReason::NotIdempotent);
         }
         if attempt >= policy.max_attempts {
             tracing::debug!(%method, host, attempt, %reason, "not retrying: no attempts left");
-            return None;
+            return stop(NotRetriedReason::NoAttemptsLeft);
         }
         let body = match rs
             .body
@@ -302,7 +328,7 @@ impl<S> Call<S> {
             Ok(body) => body,
             Err(e) => {
                 tracing::info!(%method, host, attempt, %reason, error = %e, "not retrying: the request body cannot be replayed");
-                return None;
+                return stop(NotRetriedReason::BodyNotReplayable);
             }
         };
 
@@ -320,23 +346,15 @@ impl<S> Call<S> {
         let backoff = policy.backoff.delay(attempt, rs.previous_delay);
         let mut delay = backoff;
         let mut source = "backoff";
-        let told = match (status, headers) {
-            (Some(s), Some(h))
-                if policy.retry_after_statuses.contains(s) && h.contains_key(RETRY_AFTER) =>
-            {
-                retry_after(h, SystemTime::now())
-            }
-            _ => None,
-        };
         if let Some(told) = told {
             let told_secs = told.as_secs();
             if told > policy.max_retry_after {
                 tracing::debug!(%method, host, attempt, %reason, retry_after_s = told_secs, "not retrying: Retry-After is longer than the maximum");
-                return None;
+                return stop(NotRetriedReason::RetryAfterTooLong);
             }
             if time_left.is_some_and(|left| told > left) {
                 tracing::debug!(%method, host, attempt, %reason, retry_after_s = told_secs, "not retrying: Retry-After ends after the deadline");
-                return None;
+                return stop(NotRetriedReason::RetryAfterPastDeadline);
             }
             if told >= backoff {
                 delay = policy
@@ -348,12 +366,12 @@ impl<S> Call<S> {
         }
         if time_left.is_some_and(|left| delay > left) {
             tracing::debug!(%method, host, attempt, %reason, delay_ms = millis(delay), "not retrying: the wait would end after the deadline");
-            return None;
+            return stop(NotRetriedReason::WaitPastDeadline);
         }
         if let Some(budgets) = &self.shared.budgets {
             if !budgets.withdraw(host, now) {
                 tracing::info!(%method, host, attempt, %reason, "not retrying: retry budget exhausted");
-                return None;
+                return stop(NotRetriedReason::BudgetExhausted);
             }
         }
 
@@ -373,7 +391,7 @@ impl<S> Call<S> {
             .extensions
             .insert(Attempt::new(rs.attempt, policy.max_attempts));
         let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
-        Some((at, Request::from_parts(parts, body)))
+        Ok((at, Request::from_parts(parts, body)))
     }
 }
 
@@ -1118,5 +1136,251 @@ mod tests {
         let uri: Uri = "http://user:secret@api.test:8080/x".parse().unwrap();
         assert_eq!(host_of(&uri), "api.test:8080");
         assert_eq!(host_of(&"/relative".parse().unwrap()), "");
+    }
+
+    fn why<B>(res: &Response<B>) -> Option<(NotRetriedReason, u32, Option<Duration>)> {
+        NotRetried::get(res.extensions()).map(|n| (n.reason(), n.attempts(), n.retry_after()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_returned_failure_says_why_it_was_not_retried() {
+        let stub = Stub::statuses(&[503]);
+        let res = send(plain(), &stub, post("{}")).await.unwrap();
+        assert_eq!(why(&res), Some((NotRetriedReason::NotIdempotent, 1, None)));
+
+        let stub = Stub::statuses(&[503]);
+        let res = send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(why(&res), Some((NotRetriedReason::NoAttemptsLeft, 3, None)));
+
+        let stub = Stub::new(|_| Ok(with_retry_after(429, "86400")));
+        let res = send(plain(), &stub, get()).await.unwrap();
+        let day = Some(Duration::from_secs(86_400));
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::RetryAfterTooLong, 1, day))
+        );
+
+        let stub = Stub::new(|_| Ok(with_retry_after(503, "5")));
+        let mut req = get();
+        Deadline::after(Duration::from_secs(2)).apply(req.extensions_mut());
+        let res = send(plain(), &stub, req).await.unwrap();
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::RetryAfterPastDeadline, 1, five))
+        );
+
+        let stub = Stub::statuses(&[503]);
+        let mut req = get();
+        Deadline::after(50 * MS).apply(req.extensions_mut());
+        let res = send(plain(), &stub, req).await.unwrap();
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::WaitPastDeadline, 1, None))
+        );
+
+        let stub = Stub::statuses(&[503]);
+        let policy = plain().budget(RetryBudget::new().percent(0).min_per_second(0));
+        let res = send(policy, &stub, get()).await.unwrap();
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::BudgetExhausted, 1, None))
+        );
+
+        let stub = Stub::statuses(&[503]);
+        let stream = StreamBody::new(Iter(
+            vec![Ok::<_, io::Error>(Frame::data(Bytes::from(vec![1u8; 100])))].into_iter(),
+        ));
+        let req = Request::put("http://api.test/doc").body(stream).unwrap();
+        let res = Retry::new(stub.clone(), plain().replay_cap(10).build().unwrap())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::BodyNotReplayable, 1, None))
+        );
+
+        // Not a failure, or not one the policy retries: nothing to say.
+        for code in [200, 404] {
+            let stub = Stub::new(move |_| Ok(status(code)));
+            let res = send(plain(), &stub, get()).await.unwrap();
+            assert_eq!(why(&res), None);
+        }
+    }
+
+    type Recorded = (tracing::Level, std::collections::BTreeMap<String, String>);
+
+    /// A subscriber that keeps every event's level and fields.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Recorded>>>);
+
+    struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = std::collections::BTreeMap::new();
+            event.record(&mut Fields(&mut fields));
+            self.0
+                .lock()
+                .unwrap()
+                .push((*event.metadata().level(), fields));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    impl Capture {
+        fn events(&self) -> Vec<Recorded> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_retry_emits_an_event_with_attempt_reason_delay_and_source() {
+        let capture = Capture::default();
+        let _guard = tracing::subscriber::set_default(capture.clone());
+        let stub = Stub::new(|n| match n {
+            0 => Ok(status(503)),
+            1 => Ok(with_retry_after(503, "2")),
+            _ => Ok(status(503)),
+        });
+        let svc = Retry::new(stub.clone(), plain().build().unwrap());
+        svc.oneshot(get()).await.unwrap();
+        assert_eq!(stub.seen().len(), 3);
+        // No share and no floor: the budget refuses at once.
+        let policy = plain().budget(RetryBudget::new().percent(0).min_per_second(0));
+        let refused = Stub::statuses(&[503]);
+        send(policy, &refused, get()).await.unwrap();
+
+        let events = capture.events();
+        let field = |i: usize, k: &str| events[i].1.get(k).cloned().unwrap_or_default();
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(events[0].0, tracing::Level::DEBUG);
+        assert_eq!(field(0, "message"), "retrying request");
+        assert_eq!(field(0, "attempt"), "2");
+        assert_eq!(field(0, "reason"), "status 503");
+        assert_eq!(field(0, "delay_ms"), "100");
+        assert_eq!(field(0, "delay_source"), "backoff");
+        assert_eq!(field(0, "method"), "GET");
+        assert_eq!(field(0, "host"), "api.test");
+        assert_eq!(events[1].0, tracing::Level::DEBUG);
+        assert_eq!(field(1, "attempt"), "3");
+        assert_eq!(field(1, "delay_ms"), "2100");
+        assert_eq!(field(1, "delay_source"), "server");
+        assert_eq!(events[2].0, tracing::Level::DEBUG);
+        assert_eq!(field(2, "message"), "not retrying: no attempts left");
+        assert_eq!(events[3].0, tracing::Level::INFO);
+        assert_eq!(field(3, "message"), "not retrying: retry budget exhausted");
+        assert_eq!(field(3, "attempt"), "1");
+        // A retried 503 is the layer working, never a warning or an error.
+        assert!(
+            events
+                .iter()
+                .all(|(level, _)| *level >= tracing::Level::INFO)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreplayable_body_is_explained_in_an_event() {
+        let capture = Capture::default();
+        let _guard = tracing::subscriber::set_default(capture.clone());
+        let stub = Stub::statuses(&[503]);
+        let stream = StreamBody::new(Iter(
+            vec![Ok::<_, io::Error>(Frame::data(Bytes::from(vec![1u8; 100])))].into_iter(),
+        ));
+        let req = Request::put("http://api.test/doc").body(stream).unwrap();
+        Retry::new(stub.clone(), plain().replay_cap(10).build().unwrap())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let events = capture.events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, tracing::Level::INFO);
+        assert_eq!(
+            events[0].1["message"],
+            "not retrying: the request body cannot be replayed"
+        );
+        assert_eq!(
+            events[0].1["error"],
+            "request body is larger than the replay cap of 10 bytes"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn attempts_never_exceed_the_maximum_whatever_the_failures(
+            max in 1u32..8,
+            script in proptest::collection::vec(0u8..5, 1..12),
+            idempotent in proptest::bool::ANY,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let calls = rt.block_on(async {
+                let script = script.clone();
+                let stub = Stub::new(move |n| match script[n.min(script.len() - 1)] {
+                    0 => Ok(status(200)),
+                    1 => Ok(status(503)),
+                    2 => Ok(with_retry_after(429, "1")),
+                    3 => Err(refused()),
+                    _ => Err(reset()),
+                });
+                let req = if idempotent { get() } else { post("x") };
+                let _ = send(plain().max_attempts(max), &stub, req).await;
+                stub.seen().len()
+            });
+            let calls = u32::try_from(calls).unwrap();
+            proptest::prop_assert!(calls >= 1 && calls <= max);
+            // Every attempt but the last was a retryable failure.
+            let first_final = script.iter().position(|&s| s == 0 || (!idempotent && s != 3));
+            let expected = first_final.map_or(max, |i| max.min(u32::try_from(i).unwrap() + 1));
+            proptest::prop_assert_eq!(calls, expected);
+        }
+    }
+
+    #[cfg(feature = "hyper-util")]
+    #[tokio::test]
+    async fn hyper_util_connect_errors_count_as_never_sent() {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        // A connector that fails without an io::Error: only hyper-util's
+        // `is_connect` says the request never left.
+        let tries = Arc::new(AtomicUsize::new(0));
+        let t = Arc::clone(&tries);
+        let connector = tower::service_fn(move |_: Uri| {
+            t.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Err::<TokioIo<tokio::net::TcpStream>, BoxError>(
+                "no such host".into(),
+            ))
+        });
+        let client: Client<_, ReplayBody> = Client::builder(TokioExecutor::new()).build(connector);
+        let policy = plain().base_delay(MS).min_delay(MS).build().unwrap();
+        let err = Retry::new(client, policy)
+            .oneshot(post("{}"))
+            .await
+            .unwrap_err();
+        assert!(request_never_sent(&*err));
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
     }
 }

@@ -71,6 +71,12 @@
 //!   replayed (over the cap, or its stream failed) is not retried: the
 //!   attempt's result is returned and a trace event says why.
 //!
+//! A retryable failure returned without a retry carries a [`NotRetried`]
+//! response extension saying why (not idempotent, no attempts left, body
+//! not replayable, `Retry-After` too long or past the deadline, wait past
+//! the deadline, budget spent) and the `Retry-After` if there was one.
+//! Errors are returned exactly as the inner service gave them.
+//!
 //! A response discarded for a retry has its body read (up to 4 KiB, for at
 //! most 100 ms, while the wait runs) so its connection can go back to the
 //! pool, or is dropped. Each attempt's request carries an
@@ -134,6 +140,7 @@ mod budget;
 mod future;
 mod layer;
 mod never_sent;
+mod not_retried;
 mod policy;
 mod service;
 
@@ -142,6 +149,7 @@ pub use budget::RetryBudget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use never_sent::request_never_sent;
+pub use not_retried::{NotRetried, NotRetriedReason};
 pub use policy::{
     DEFAULT_RETRY_STATUSES, InvalidRetryPolicy, Outcome, RetryPolicy, RetryPolicyBuilder, Verdict,
 };
