@@ -33,10 +33,11 @@ tokio::task_local! {
 ///   database and tracing backend already accepts.
 ///
 /// Making one costs a clock read (`clock_gettime` through the vDSO on
-/// Linux, no system call), two random numbers and 36 bytes of hex: a few
-/// tens of nanoseconds. The header value is cut from a per-thread buffer
-/// shared by 32 consecutive ids, so a new id does not allocate; the buffer
-/// is freed when the last of its ids is dropped.
+/// Linux, no system call; about a third of the total), one random number
+/// and 36 bytes of hex formatted eight digits at a time: well under 100 ns.
+/// The header value is cut from a per-thread buffer shared by 32
+/// consecutive ids, so a new id does not allocate (two allocations per 32
+/// ids); the buffer is freed when the last of its ids is dropped.
 ///
 /// An id that arrived from elsewhere (a caller's header, an inbound request)
 /// is kept as it came and compared byte for byte.
@@ -199,33 +200,45 @@ impl fmt::Debug for RequestId {
 /// The 36 characters of a UUID version 7 for `now`, with 62 random bits.
 fn uuid_v7(now: SystemTime, random: u64) -> [u8; ID_LEN] {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let millis = u64::try_from(since.as_millis()).unwrap_or(u64::MAX) & 0xFFFF_FFFF_FFFF;
+    let millis = since
+        .as_secs()
+        .wrapping_mul(1000)
+        .wrapping_add(u64::from(since.subsec_millis()))
+        & 0xFFFF_FFFF_FFFF;
     // The fraction of the millisecond in 12 bits: nanos * 4096 / 1e6.
     let sub_ms = u64::from(since.subsec_nanos() % 1_000_000) * 4096 / 1_000_000;
     let hi = (millis << 16) | (0x7 << 12) | (sub_ms & 0xFFF);
     let lo = (0b10 << 62) | (random >> 2);
-    let mut bytes = [0u8; 16];
-    let (h, l) = bytes.split_at_mut(8);
-    h.copy_from_slice(&hi.to_be_bytes());
-    l.copy_from_slice(&lo.to_be_bytes());
-    format_uuid(&bytes)
+    format_uuid(hi, lo)
 }
 
-fn format_uuid(bytes: &[u8; 16]) -> [u8; ID_LEN] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+/// `hi` and `lo` as the 8-4-4-4-12 hex digits of a UUID.
+#[allow(clippy::cast_possible_truncation)] // Taking the low 32 bits is the point.
+fn format_uuid(hi: u64, lo: u64) -> [u8; ID_LEN] {
+    let a = hex8((hi >> 32) as u32);
+    let b = hex8(hi as u32);
+    let c = hex8((lo >> 32) as u32);
+    let d = hex8(lo as u32);
     let mut out = [b'-'; ID_LEN];
-    let mut o = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            o += 1;
-        }
-        if let Some([hi, lo]) = out.get_mut(o..o + 2) {
-            *hi = HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
-            *lo = HEX.get(usize::from(b & 0x0f)).copied().unwrap_or(b'0');
-        }
-        o += 2;
-    }
+    out[0..8].copy_from_slice(&a);
+    out[9..13].copy_from_slice(&b[..4]);
+    out[14..18].copy_from_slice(&b[4..]);
+    out[19..23].copy_from_slice(&c[..4]);
+    out[24..28].copy_from_slice(&c[4..]);
+    out[28..36].copy_from_slice(&d);
     out
+}
+
+/// The 8 lowercase hex digits of `x`, computed on all digits at once: each
+/// nibble is spread into its own byte, then shifted into `0-9` or `a-f`.
+fn hex8(x: u32) -> [u8; 8] {
+    let mut v = u64::from(x);
+    v = (v | (v << 16)) & 0x0000_FFFF_0000_FFFF;
+    v = (v | (v << 8)) & 0x00FF_00FF_00FF_00FF;
+    v = (v | (v << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    // 1 in each byte whose nibble is 10 or more.
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (v + 0x3030_3030_3030_3030 + letters * (u64::from(b'a' - b'0') - 10)).to_be_bytes()
 }
 
 #[cfg(test)]
@@ -302,6 +315,22 @@ mod tests {
         let later: Vec<RequestId> = (0..IDS_PER_CHUNK * 3).map(|_| RequestId::new()).collect();
         drop(later);
         assert_eq!(text(&first), copy);
+    }
+
+    #[test]
+    fn hex_digits() {
+        assert_eq!(&hex8(0x0123_4567), b"01234567");
+        assert_eq!(&hex8(0x89ab_cdef), b"89abcdef");
+        assert_eq!(&hex8(0), b"00000000");
+        assert_eq!(&hex8(u32::MAX), b"ffffffff");
+        for x in [0x9a9a_0f0fu32, 0xa0b1_c2d3, 0x1234_5678, 0xdead_beef] {
+            assert_eq!(std::str::from_utf8(&hex8(x)).unwrap(), format!("{x:08x}"));
+        }
+        assert_eq!(
+            std::str::from_utf8(&format_uuid(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210))
+                .unwrap(),
+            "01234567-89ab-cdef-fedc-ba9876543210"
+        );
     }
 
     #[test]

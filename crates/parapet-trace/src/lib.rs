@@ -63,8 +63,10 @@
 //! # Cost
 //!
 //! With no subscriber listening, the trace layers do no formatting, read no
-//! clock and allocate nothing; [`RequestIdLayer`] makes an id in a few tens
-//! of nanoseconds without allocating (see [`RequestId`]).
+//! clock and allocate nothing. [`RequestIdLayer`] makes an id in well under
+//! 100 ns without allocating (see [`RequestId`]); recording it in the
+//! response's extensions costs what `http::Extensions::insert` costs (it
+//! boxes the value, and allocates the map on a response that had none).
 
 mod attempt;
 mod common;
