@@ -197,7 +197,9 @@ impl Reply {
     ///
     /// While waiting the server watches the connection, so a client that
     /// gives up ends the request at once (see
-    /// [`Server::in_flight`](crate::Server::in_flight)).
+    /// [`Server::max_in_flight`](crate::Server::max_in_flight)). A client
+    /// that shuts down its sending side (half-close) while it waits counts
+    /// as gone too.
     #[must_use]
     pub fn delay(mut self, wait: Duration) -> Self {
         self.delay = Some(wait);

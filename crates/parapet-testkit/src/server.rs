@@ -117,7 +117,8 @@ impl Server {
     /// path answers `404` until scripted).
     ///
     /// Must be called inside a tokio runtime (any flavour). The server's
-    /// tasks are spawned on it.
+    /// tasks are spawned on it, so the server serves only while that runtime
+    /// runs: start it in the test (or benchmark runtime) that uses it.
     ///
     /// # Panics
     ///
