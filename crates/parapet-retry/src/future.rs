@@ -312,11 +312,11 @@ impl<S> Call<S> {
                 .idempotency
                 .classify(method, &rs.parts.headers, &rs.parts.extensions);
         if !idempotent && reason != Reason::NotSent {
-            tracing::debug!(%method, host, attempt, %reason, "not retrying: the request is not idempotent");
+            tracing::debug!(%method, host, attempt, %reason, error = error.map(tracing::field::display), "not retrying: the request is not idempotent");
             return stop(NotRetriedReason::NotIdempotent);
         }
         if attempt >= policy.max_attempts {
-            tracing::debug!(%method, host, attempt, %reason, "not retrying: no attempts left");
+            tracing::debug!(%method, host, attempt, %reason, error = error.map(tracing::field::display), "not retrying: no attempts left");
             return stop(NotRetriedReason::NoAttemptsLeft);
         }
         let body = match rs
@@ -364,13 +364,13 @@ impl<S> Call<S> {
                 source = "server";
             }
         }
-        if time_left.is_some_and(|left| delay > left) {
-            tracing::debug!(%method, host, attempt, %reason, delay_ms = millis(delay), "not retrying: the wait would end after the deadline");
+        if time_left.is_some_and(|left| delay > left || left.is_zero()) {
+            tracing::debug!(%method, host, attempt, %reason, error = error.map(tracing::field::display), delay_ms = millis(delay), "not retrying: the wait would end after the deadline");
             return stop(NotRetriedReason::WaitPastDeadline);
         }
         if let Some(budgets) = &self.shared.budgets {
             if !budgets.withdraw(host, now) {
-                tracing::info!(%method, host, attempt, %reason, "not retrying: retry budget exhausted");
+                tracing::info!(%method, host, attempt, %reason, error = error.map(tracing::field::display), "not retrying: retry budget exhausted");
                 return stop(NotRetriedReason::BudgetExhausted);
             }
         }
@@ -381,7 +381,7 @@ impl<S> Call<S> {
             %method,
             host,
             attempt = rs.attempt,
-            %reason,
+            %reason, error = error.map(tracing::field::display),
             delay_ms = millis(delay),
             delay_source = source,
             "retrying request"

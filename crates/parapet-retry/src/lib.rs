@@ -87,7 +87,8 @@
 //! All at `DEBUG`, except the two that point at configuration, at `INFO`.
 //! Each has the fields `method`, `host` (the URI's authority without user
 //! information), `attempt` and `reason` (`status 503`, `request not sent`
-//! or `transport error`).
+//! or `transport error`), and `error` (the error's message) when the
+//! attempt ended in an error.
 //!
 //! | message | level | extra fields |
 //! | --- | --- | --- |
@@ -97,7 +98,7 @@
 //! | `not retrying: Retry-After is longer than the maximum` | DEBUG | `retry_after_s` |
 //! | `not retrying: Retry-After ends after the deadline` | DEBUG | `retry_after_s` |
 //! | `not retrying: the wait would end after the deadline` | DEBUG | `delay_ms` |
-//! | `not retrying: the request body cannot be replayed` | INFO | `error` |
+//! | `not retrying: the request body cannot be replayed` | INFO | `error` is why the body cannot be replayed |
 //! | `not retrying: retry budget exhausted` | INFO | |
 //!
 //! No event is at `WARN` or `ERROR`: a retried 503 is the layer working.
@@ -117,17 +118,25 @@
 //!
 //! # Cost per call
 //!
-//! The future is not boxed. On the common path (one attempt that
-//! succeeds) a call makes one copy of the request head so that it can be
-//! sent again: the `HeaderMap`'s tables and, when the request carries
-//! extensions, their map (one allocation per extension); header values and
-//! the URI are reference-counted and not copied. A streamed request body
-//! gets the `ReplayBody`'s shared recording (one `Arc`; frames are kept by
-//! reference count, up to the cap); bodies in memory and empty bodies cost
-//! nothing. The `Attempt` extension is inserted into the request's
-//! extensions. The budget takes one short lock per call and one per retry.
-//! With [`max_attempts(1)`](RetryPolicyBuilder::max_attempts) no copy is
-//! made and no budget is kept per call.
+//! The future is not boxed and holds the inner service (cloned once per
+//! call, as tower's `Retry` does). On the common path (one attempt that
+//! succeeds) a call allocates:
+//!
+//! - one copy of the request head, so that it can be sent again: the
+//!   `HeaderMap`'s two tables and, when the request carries extensions, their
+//!   map and one box per extension (header values and the URI are `Bytes`,
+//!   shared by reference count, not copied);
+//! - the [`Attempt`](parapet_core::Attempt) extension (a box, plus the
+//!   extensions map when the request had none);
+//! - for a request body that is not already a
+//!   [`ReplayBody`](parapet_core::ReplayBody) and not already at its end,
+//!   the `ReplayBody`'s box and shared recording (frames are kept by
+//!   reference count, up to the cap). Pass `ReplayBody::from(bytes)` for a
+//!   body in memory: it replays with no copy, no recording and no cap.
+//!
+//! The budget takes one short lock per call and one per retry decision.
+//! With [`max_attempts(1)`](RetryPolicyBuilder::max_attempts) there is no
+//! copy of the head and no budget bookkeeping.
 //!
 //! # Features
 //!

@@ -247,13 +247,15 @@ async fn connection_refused_then_a_late_listener_gets_the_post_exactly_once() {
         .unwrap();
     let arrivals = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&arrivals);
-    // Attempts at 0, 100 ms and 300 ms; the listener comes up at about 150 ms.
+    // Attempts at 0, 100, 300, 700 ms, ...; the listener comes up at about
+    // 150 ms (more attempts than needed, for a slow machine).
     let starter = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let listener = TcpListener::bind(addr).await.unwrap();
         late_listener(listener, counted).await;
     });
     let policy = RetryPolicy::builder()
+        .max_attempts(6)
         .base_delay(Duration::from_millis(100))
         .jitter(BackoffJitter::None)
         .build()
