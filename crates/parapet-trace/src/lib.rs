@@ -90,3 +90,34 @@ pub mod future {
     pub use crate::request_id::SetRequestIdFuture;
     pub use crate::trace::TraceFuture;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn public_types_are_send_sync_and_clone() {
+        type Inner = tower::util::BoxCloneSyncService<
+            http::Request<()>,
+            http::Response<()>,
+            parapet_core::BoxError,
+        >;
+        type Fut = <Inner as tower_service::Service<http::Request<()>>>::Future;
+        send_sync_clone::<RequestId>();
+        send_sync_clone::<RequestIdLayer>();
+        send_sync_clone::<SetRequestId<Inner>>();
+        send_sync_clone::<InboundRequestIdLayer>();
+        send_sync_clone::<InboundRequestId<Inner>>();
+        send_sync_clone::<TraceLayer>();
+        send_sync_clone::<Trace<Inner>>();
+        send_sync_clone::<AttemptTraceLayer>();
+        send_sync_clone::<AttemptTrace<Inner>>();
+        send::<future::SetRequestIdFuture<Fut>>();
+        send::<future::InboundFuture<Fut>>();
+        send::<future::TraceFuture<Fut>>();
+        send::<future::AttemptTraceFuture<Fut>>();
+    }
+}

@@ -41,7 +41,11 @@ use crate::{RequestId, X_REQUEST_ID};
 /// | `http.client.request.duration` | seconds from the call until its response head (or error), as the OpenTelemetry metric of that name |
 ///
 /// No header is recorded except the request id, so `Authorization`,
-/// cookies and API keys cannot reach a span.
+/// cookies and API keys cannot reach a span. The one free-form text
+/// recorded is the final error's message (`error.message`, when there was
+/// no response): the errors of hyper-util and of the parapet layers carry
+/// no URL or header, but an inner service of your own should not put
+/// secrets in its error messages either.
 ///
 /// # Events and levels
 ///
