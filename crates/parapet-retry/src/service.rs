@@ -116,3 +116,51 @@ where
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::{Request, Response};
+    use parapet_core::ReplayBody;
+    use tower::util::BoxCloneSyncService;
+
+    use super::*;
+    use crate::{InvalidRetryPolicy, NotRetried, RetryBudget, RetryLayer};
+
+    fn send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+
+    #[test]
+    fn types_can_be_shared_across_tasks() {
+        type Inner = BoxCloneSyncService<Request<ReplayBody>, Response<String>, Infallible>;
+        send_sync_clone::<Retry<Inner>>();
+        send_sync_clone::<RetryLayer>();
+        send_sync_clone::<RetryPolicy>();
+        send_sync_clone::<RetryBudget>();
+        send_sync_clone::<NotRetried>();
+        send_sync_clone::<InvalidRetryPolicy>();
+    }
+
+    #[tokio::test]
+    async fn the_response_future_is_send() {
+        let inner = tower::service_fn(|_: Request<ReplayBody>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        });
+        let mut retry = Retry::new(inner, RetryPolicy::default());
+        let fut = retry.call(Request::new(String::from("body")));
+        send(&fut);
+        assert_eq!(fut.await.unwrap().status(), http::StatusCode::OK);
+    }
+
+    #[test]
+    fn accessors_reach_the_inner_service() {
+        let mut retry = Retry::new(7u8, RetryPolicy::default());
+        *retry.get_mut() += 1;
+        assert_eq!(*retry.get_ref(), 8);
+        assert_eq!(retry.policy().max_attempts(), 3);
+        assert_eq!(retry.into_inner(), 8);
+        let layer = Retry::<u8>::layer(RetryPolicy::default());
+        assert_eq!(layer.policy().max_attempts(), 3);
+    }
+}
