@@ -148,7 +148,6 @@ impl Default for RetryBudget {
 }
 
 /// The shared state of a budget: one entry per host.
-#[derive(Debug)]
 pub(crate) struct Budgets {
     config: RetryBudget,
     origin: Instant,
@@ -168,12 +167,26 @@ struct Slot {
     retries: u64,
 }
 
-#[derive(Debug)]
 struct Host {
     /// The slot of the first call, from which the floor builds up.
     first: u64,
     last_used: u64,
     slots: [Slot; SLOTS],
+}
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config and a count: the table itself can hold a thousand hosts.
+        let hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("Budgets")
+            .field("config", &self.config)
+            .field("hosts", &hosts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Budgets {

@@ -163,4 +163,20 @@ mod tests {
         let layer = Retry::<u8>::layer(RetryPolicy::default());
         assert_eq!(layer.policy().max_attempts(), 3);
     }
+
+    #[tokio::test]
+    async fn debug_shows_the_budget_size_not_its_hosts() {
+        let inner = tower::service_fn(|_: Request<ReplayBody>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        });
+        let mut retry = Retry::new(inner, RetryPolicy::default());
+        let req = Request::get("http://user:pw@api.test/").body(String::new());
+        retry.call(req.unwrap()).await.unwrap();
+        let debug = format!("{retry:?}");
+        assert!(debug.contains("hosts: 1"), "{debug}");
+        assert!(
+            !debug.contains("api.test") && !debug.contains("pw"),
+            "{debug}"
+        );
+    }
 }
