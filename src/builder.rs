@@ -8,7 +8,7 @@ use parapet_core::DEFAULT_REPLAY_CAP;
 
 use crate::client::{Client, Shared};
 use crate::error::InvalidConfig;
-use crate::stack::LayerConfig;
+use crate::stack::{LayerConfig, RetrySetting};
 use crate::transport::{Certificate, Identity, TransportConfig};
 
 /// The `User-Agent` sent unless another is set: `parapet/<version>`.
@@ -132,6 +132,124 @@ impl ClientBuilder {
     /// deadline covers the body).
     pub fn body_idle_timeout(mut self, idle: impl Into<Option<Duration>>) -> Self {
         self.layers.body_idle_timeout = idle.into();
+        self
+    }
+
+    /// Retries with this policy instead of the default one. Note that the
+    /// default policy adds [`retry_classifier`](crate::retry_classifier),
+    /// which knows the other layers' errors; add it to yours with
+    /// `.classify(parapet::retry_classifier)`. Default: parapet-retry's
+    /// defaults (3 attempts, backoff from 100 ms with full jitter, capped at
+    /// 20 s, `Retry-After` obeyed up to 60 s, a 20 % retry budget) plus that
+    /// classifier.
+    pub fn retry(mut self, policy: parapet_retry::RetryPolicy) -> Self {
+        self.layers.retry = RetrySetting::Custom(Box::new(policy));
+        self
+    }
+
+    /// The number of attempts in all, with the default policy otherwise.
+    /// Zero fails [`build`](Self::build). Default: 3.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        let trust = match self.layers.retry {
+            RetrySetting::Default {
+                trust_idempotency_key,
+                ..
+            } => trust_idempotency_key,
+            _ => false,
+        };
+        self.layers.retry = RetrySetting::Default {
+            max_attempts: attempts,
+            trust_idempotency_key: trust,
+        };
+        self
+    }
+
+    /// Counts any request carrying an `Idempotency-Key` header as safe to
+    /// retry (the API dedupes on it), with the default policy otherwise.
+    /// Requests built with
+    /// [`RequestBuilder::idempotency_key`](crate::RequestBuilder::idempotency_key)
+    /// are retryable either way. Default: off.
+    pub fn trust_idempotency_key(mut self, trust: bool) -> Self {
+        let attempts = match self.layers.retry {
+            RetrySetting::Default { max_attempts, .. } => max_attempts,
+            _ => 3,
+        };
+        self.layers.retry = RetrySetting::Default {
+            max_attempts: attempts,
+            trust_idempotency_key: trust,
+        };
+        self
+    }
+
+    /// No retries at all: every call makes one attempt. Default: retries on.
+    pub fn retry_off(mut self) -> Self {
+        self.layers.retry = RetrySetting::Off;
+        self
+    }
+
+    /// The per-host gate that holds requests while a server has said "not
+    /// before T" (429/503 `Retry-After`, exhausted `X-RateLimit-*`, IETF
+    /// `RateLimit`), configured as given; `None` turns it off. Default: on,
+    /// with `ThrottleLayer::new()`'s settings.
+    pub fn throttle(
+        mut self,
+        throttle: impl Into<Option<parapet_ratelimit::ThrottleLayer>>,
+    ) -> Self {
+        self.layers.throttle = throttle.into();
+        self
+    }
+
+    /// A client-side token bucket (overall or per host). Default: none.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use parapet::ratelimit::{Quota, RateLimitLayer};
+    ///
+    /// let quota = Quota::per_second(NonZeroU32::new(50).unwrap());
+    /// let client = parapet::Client::builder()
+    ///     .rate_limit(RateLimitLayer::per_authority(quota))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// ```
+    pub fn rate_limit(
+        mut self,
+        limit: impl Into<Option<parapet_ratelimit::RateLimitLayer>>,
+    ) -> Self {
+        self.layers.rate_limit = limit.into();
+        self
+    }
+
+    /// A limit on calls in flight (overall or per host), each holding its
+    /// slot until its response body ends. Default: none.
+    pub fn concurrency_limit(
+        mut self,
+        limit: impl Into<Option<parapet_ratelimit::ConcurrencyLimitLayer>>,
+    ) -> Self {
+        self.layers.concurrency_limit = limit.into();
+        self
+    }
+
+    /// Credentials put on every attempt (bearer, basic, API key, refreshing
+    /// `OAuth2` tokens), with one re-send after a 401. Default: none.
+    pub fn auth(mut self, auth: impl Into<Option<parapet_auth::AuthLayer>>) -> Self {
+        self.layers.auth = auth.into();
+        self
+    }
+
+    /// The request-id layer (an `x-request-id` per call, the same on every
+    /// attempt, the caller's or the inbound request's kept); `None` turns it
+    /// off. Default: on, header `x-request-id`.
+    pub fn request_id(mut self, layer: impl Into<Option<parapet_trace::RequestIdLayer>>) -> Self {
+        self.layers.request_id = layer.into();
+        self
+    }
+
+    /// A span per call and per attempt (OpenTelemetry HTTP client names,
+    /// secrets redacted). Default: on. Spans cost next to nothing when no
+    /// subscriber listens.
+    pub fn tracing(mut self, on: bool) -> Self {
+        self.layers.tracing = on;
         self
     }
 

@@ -22,5 +22,11 @@ pub use error::{Error, InvalidConfig};
 pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
 pub use transport::{Certificate, Identity};
 
+pub use stack::retry_classifier;
+
+pub use parapet_auth as auth;
 pub use parapet_core as core;
+pub use parapet_ratelimit as ratelimit;
+pub use parapet_retry as retry;
 pub use parapet_timeout as timeout;
+pub use parapet_trace as trace;

@@ -1,10 +1,24 @@
-//! The layers of the recommended stack, in DESIGN.md's order.
+//! The layers of the recommended stack, in DESIGN.md's order:
+//!
+//! ```text
+//! request id → trace (call span) → deadline → retry → trace (attempt span)
+//!   → throttle → rate limit → auth → concurrency limit → attempt timeout → transport
+//! ```
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use parapet_core::{BoxError, ReplayBody};
-use parapet_timeout::{AttemptTimeoutLayer, DeadlineLayer};
+use parapet_auth::{AuthLayer, TokenError};
+use parapet_core::{BoxError, IdempotencyRules, ReplayBody};
+use parapet_ratelimit::{
+    ConcurrencyLimitLayer, ConcurrencyLimited, RateLimitLayer, RateLimited, ThrottleLayer,
+    Throttled,
+};
+use parapet_retry::{Outcome, RetryLayer, RetryPolicy, Verdict};
+use parapet_timeout::{
+    AttemptTimedOut, AttemptTimeoutLayer, BodyTimedOut, DeadlineExceeded, DeadlineLayer,
+};
+use parapet_trace::{AttemptTraceLayer, RequestIdLayer, TraceLayer, default_error_type};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -13,12 +27,34 @@ use crate::client::Stack;
 use crate::error::{InvalidConfig, Kind};
 use crate::optional::Optional;
 
+/// How retries are configured.
+#[derive(Debug, Clone)]
+pub(crate) enum RetrySetting {
+    /// The crate's defaults with the facade's classifier, optionally with
+    /// another number of attempts and trusted `Idempotency-Key`s.
+    Default {
+        max_attempts: u32,
+        trust_idempotency_key: bool,
+    },
+    /// A policy the user built.
+    Custom(Box<RetryPolicy>),
+    /// No retries.
+    Off,
+}
+
 /// The configuration of every layer.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerConfig {
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) deadline: Option<Duration>,
     pub(crate) body_idle_timeout: Option<Duration>,
+    pub(crate) retry: RetrySetting,
+    pub(crate) throttle: Option<ThrottleLayer>,
+    pub(crate) rate_limit: Option<RateLimitLayer>,
+    pub(crate) concurrency_limit: Option<ConcurrencyLimitLayer>,
+    pub(crate) auth: Option<AuthLayer>,
+    pub(crate) request_id: Option<RequestIdLayer>,
+    pub(crate) tracing: bool,
 }
 
 impl Default for LayerConfig {
@@ -27,11 +63,144 @@ impl Default for LayerConfig {
             attempt_timeout: Some(Duration::from_secs(10)),
             deadline: Some(Duration::from_secs(30)),
             body_idle_timeout: None,
+            retry: RetrySetting::Default {
+                max_attempts: 3,
+                trust_idempotency_key: false,
+            },
+            throttle: Some(ThrottleLayer::new()),
+            rate_limit: None,
+            concurrency_limit: None,
+            auth: None,
+            request_id: Some(RequestIdLayer::new()),
+            tracing: true,
         }
     }
 }
 
+/// The facade's retry classifier: the verdicts the retry crate cannot
+/// reach alone because it does not know its sibling layers' errors.
+///
+/// - A local limiter (rate limit, throttle, concurrency limit) that refused
+///   to wait longer has already waited all it may: retrying would only wait
+///   again. Returned as it is.
+/// - An attempt cut short by the call's deadline, or the deadline itself:
+///   no time is left. Returned.
+/// - A token fetch that failed for good (rejected credentials, a malformed
+///   answer): sending again cannot help. Returned. A transient token
+///   failure is retried like any transport error.
+/// - Everything else: the retry crate's defaults.
+///
+/// Use it in a policy of your own with
+/// `RetryPolicy::builder().classify(parapet::retry_classifier)`.
+#[must_use]
+pub fn retry_classifier(outcome: &Outcome<'_>) -> Verdict {
+    let Some(err) = outcome.error() else {
+        return Verdict::Default;
+    };
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<RateLimited>()
+            || e.is::<Throttled>()
+            || e.is::<ConcurrencyLimited>()
+            || e.is::<DeadlineExceeded>()
+        {
+            return Verdict::Return;
+        }
+        if let Some(t) = e.downcast_ref::<AttemptTimedOut>() {
+            return if t.is_deadline() {
+                Verdict::Return
+            } else {
+                Verdict::Default
+            };
+        }
+        if let Some(t) = e.downcast_ref::<TokenError>() {
+            return if t.is_transient() {
+                Verdict::Default
+            } else {
+                Verdict::Return
+            };
+        }
+        cur = e.source();
+    }
+    Verdict::Default
+}
+
+/// `error.type` for spans: parapet's own errors by name, then the trace
+/// crate's defaults.
+fn error_type(e: &(dyn StdError + 'static)) -> &'static str {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(e) = cur {
+        if e.is::<DeadlineExceeded>() {
+            return "deadline_exceeded";
+        }
+        if e.is::<AttemptTimedOut>() || e.is::<BodyTimedOut>() {
+            return "timeout";
+        }
+        if e.is::<RateLimited>() || e.is::<Throttled>() || e.is::<ConcurrencyLimited>() {
+            return "rate_limited";
+        }
+        if e.is::<TokenError>() {
+            return "auth";
+        }
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if h.is_connect() {
+                return "connect";
+            }
+        }
+        cur = e.source();
+    }
+    default_error_type(e)
+}
+
 impl LayerConfig {
+    fn retry_layer(&self) -> Result<Option<RetryLayer>, InvalidConfig> {
+        match &self.retry {
+            RetrySetting::Off => Ok(None),
+            RetrySetting::Custom(policy) => Ok(Some(RetryLayer::new((**policy).clone()))),
+            RetrySetting::Default {
+                max_attempts,
+                trust_idempotency_key,
+            } => {
+                if *max_attempts == 0 {
+                    return Err(InvalidConfig::new(
+                        "zero attempts: a call needs at least one (use retry_off() for no retries)",
+                    ));
+                }
+                let policy = RetryPolicy::builder()
+                    .max_attempts(*max_attempts)
+                    .idempotency(
+                        IdempotencyRules::new().trust_idempotency_key(*trust_idempotency_key),
+                    )
+                    .classify(retry_classifier)
+                    .build()
+                    .map_err(|e| InvalidConfig::new(e.to_string()))?;
+                Ok(Some(RetryLayer::new(policy)))
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), InvalidConfig> {
+        let zero =
+            |name: &str| InvalidConfig::new(format!("{name} is zero: every call would fail"));
+        if self.deadline == Some(Duration::ZERO) {
+            return Err(zero("the deadline"));
+        }
+        if self.attempt_timeout == Some(Duration::ZERO) {
+            return Err(zero("the attempt timeout"));
+        }
+        if self.body_idle_timeout == Some(Duration::ZERO) {
+            return Err(zero("the body idle timeout"));
+        }
+        if let (Some(a), Some(d)) = (self.attempt_timeout, self.deadline) {
+            if a > d {
+                return Err(InvalidConfig::new(format!(
+                    "attempt timeout ({a:?}) is longer than the deadline ({d:?})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn assemble<S, B>(&self, transport: S) -> Result<Stack, InvalidConfig>
     where
         S: tower::Service<http::Request<ReplayBody>, Response = http::Response<B>>
@@ -44,19 +213,28 @@ impl LayerConfig {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        if let (Some(a), Some(d)) = (self.attempt_timeout, self.deadline) {
-            if a > d {
-                return Err(InvalidConfig::new(format!(
-                    "attempt timeout ({a:?}) is longer than the deadline ({d:?})"
-                )));
-            }
-        }
-        let attempt = self
+        self.check()?;
+        let retry = self.retry_layer()?;
+        let attempt_timeout = self
             .attempt_timeout
             .map(|limit| AttemptTimeoutLayer::new(limit).body_idle_timeout(self.body_idle_timeout));
+        let trace = self
+            .tracing
+            .then(|| TraceLayer::new().internal_kind(true).error_type(error_type));
+        let attempt_trace = self
+            .tracing
+            .then(|| AttemptTraceLayer::new().error_type(error_type));
         let svc = ServiceBuilder::new()
+            .layer(Optional(self.request_id.clone()))
+            .layer(Optional(trace))
             .layer(Optional(self.deadline.map(DeadlineLayer::new)))
-            .layer(Optional(attempt))
+            .layer(Optional(retry))
+            .layer(Optional(attempt_trace))
+            .layer(Optional(self.throttle.clone()))
+            .layer(Optional(self.rate_limit.clone()))
+            .layer(Optional(self.auth.clone()))
+            .layer(Optional(self.concurrency_limit.clone()))
+            .layer(Optional(attempt_timeout))
             .service(transport)
             .map_response(|r| r.map(Body::new));
         Ok(BoxCloneSyncService::new(svc))
@@ -65,9 +243,20 @@ impl LayerConfig {
 
 /// What a layer's own error type says happened, if `e` is one.
 pub(crate) fn layer_kind(e: &(dyn StdError + 'static)) -> Option<(Kind, Option<Duration>)> {
-    use parapet_timeout::{AttemptTimedOut, BodyTimedOut, DeadlineExceeded};
     if e.is::<DeadlineExceeded>() || e.is::<AttemptTimedOut>() || e.is::<BodyTimedOut>() {
         return Some((Kind::Timeout, None));
+    }
+    if let Some(r) = e.downcast_ref::<RateLimited>() {
+        return Some((Kind::RateLimited, Some(r.wait())));
+    }
+    if let Some(t) = e.downcast_ref::<Throttled>() {
+        return Some((Kind::RateLimited, Some(t.wait())));
+    }
+    if e.is::<ConcurrencyLimited>() {
+        return Some((Kind::RateLimited, None));
+    }
+    if e.is::<TokenError>() {
+        return Some((Kind::Auth, None));
     }
     None
 }

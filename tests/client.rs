@@ -205,6 +205,7 @@ struct Item {
 async fn json_mismatch_names_the_failing_field_path() {
     let c = ClientBuilder::new()
         .base_url("http://api.test")
+        .retry_off()
         .build_with(answer(
             200,
             r#"{"data":{"items":[{"id":1},{"id":2},{"id":"three"}]}}"#,
@@ -231,6 +232,7 @@ async fn json_mismatch_names_the_failing_field_path() {
 async fn error_for_status_carries_status_retry_after_and_a_bounded_snippet() {
     let c = ClientBuilder::new()
         .base_url("http://api.test")
+        .retry_off()
         .build_with(answer(503, "upstream is down for maintenance"))
         .unwrap();
     let err = c
@@ -251,6 +253,7 @@ async fn error_for_status_carries_status_retry_after_and_a_bounded_snippet() {
 
     let c = ClientBuilder::new()
         .base_url("http://api.test")
+        .retry_off()
         .build_with(answer(404, "no such thing"))
         .unwrap();
     let err = c
@@ -264,6 +267,7 @@ async fn error_for_status_carries_status_retry_after_and_a_bounded_snippet() {
     assert!(!err.is_retryable());
     let ok = ClientBuilder::new()
         .base_url("http://api.test")
+        .retry_off()
         .build_with(answer(200, "fine"))
         .unwrap();
     assert!(
@@ -281,6 +285,7 @@ async fn error_for_status_carries_status_retry_after_and_a_bounded_snippet() {
 async fn ndjson_items_stream_and_a_bad_line_is_reported_with_its_number() {
     let c = ClientBuilder::new()
         .base_url("http://api.test")
+        .retry_off()
         .build_with(answer(
             200,
             "{\"id\":1}\n\n{\"id\":2}\r\n{\"id\":\"x\"}\n{\"id\":4}",
@@ -311,6 +316,7 @@ async fn ndjson_items_stream_and_a_bad_line_is_reported_with_its_number() {
 async fn bytes_limited_refuses_a_body_over_the_limit() {
     let c = ClientBuilder::new()
         .base_url("http://api.test")
+        .retry_off()
         .build_with(answer(200, "0123456789"))
         .unwrap();
     let err = c
