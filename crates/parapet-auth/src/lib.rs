@@ -106,7 +106,7 @@ pub use future::ResponseFuture;
 pub use layer::{AuthLayer, On401};
 pub use oauth2::{
     ClientAuth, ClientCredentialsGrant, DEFAULT_MAX_TOKEN_RESPONSE, RefreshTokenGrant,
-    TokenEndpoint,
+    TokenEndpoint, parse_token_response,
 };
 pub use secret::SecretString;
 pub use service::Auth;

@@ -475,8 +475,37 @@ fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     obj.get(key).and_then(Value::as_str)
 }
 
-/// Parses a token endpoint's answer (RFC 6749 §5.1, §5.2).
-fn parse_token_response(
+/// Parses a token endpoint's answer (RFC 6749 §5.1, §5.2): its status and
+/// body, as [`ClientCredentialsGrant`] and [`RefreshTokenGrant`] do, for a
+/// custom [`ProvideToken`] that reaches its token endpoint its own way.
+///
+/// Returns the access token (with its expiry when `expires_in` was given)
+/// and the new refresh token when the server sent one (rotation).
+///
+/// # Errors
+///
+/// A [`TokenError`] for any answer that is not a usable token: a non-2xx
+/// status ([`status`](TokenError::status), with the `OAuth2`
+/// [`oauth_error`](TokenError::oauth_error) code when the body has one), a
+/// 2xx body carrying an `error`, a body that is not a JSON object, a missing
+/// or unusable `access_token`, a `token_type` other than `Bearer`, a bad
+/// `expires_in` or `refresh_token`. Never a panic, whatever the bytes, and
+/// no error message carries a token.
+///
+/// ```
+/// use http::StatusCode;
+/// use parapet_auth::parse_token_response;
+///
+/// let body = br#"{"access_token":"a-1","token_type":"Bearer","expires_in":3600,"refresh_token":"r-2"}"#;
+/// let (token, refresh) = parse_token_response(StatusCode::OK, body).unwrap();
+/// assert_eq!(token.secret().expose(), "a-1");
+/// assert_eq!(refresh.unwrap().expose(), "r-2");
+///
+/// let err = parse_token_response(StatusCode::BAD_REQUEST, br#"{"error":"invalid_grant"}"#).unwrap_err();
+/// assert_eq!(err.oauth_error(), Some("invalid_grant"));
+/// assert!(!err.is_transient());
+/// ```
+pub fn parse_token_response(
     status: StatusCode,
     body: &[u8],
 ) -> Result<(Token, Option<SecretString>), TokenError> {
@@ -626,5 +655,36 @@ mod tests {
         // A 200 that carries an error (GitHub does this).
         let e = ok(r#"{"error":"bad_verification_code"}"#).unwrap_err();
         assert_eq!(e.oauth_error(), Some("bad_verification_code"));
+    }
+
+    #[test]
+    fn hostile_bodies_are_errors_never_panics() {
+        let deep = "[".repeat(100_000);
+        let huge_number = format!(
+            r#"{{"access_token":"a","token_type":"Bearer","expires_in":1{}}}"#,
+            "0".repeat(400)
+        );
+        for body in [
+            &b""[..],
+            b"\xff\xfe\x00",
+            deep.as_bytes(),
+            huge_number.as_bytes(),
+            br#"{"access_token":"a","token_type":"Bearer","expires_in":1e308}"#,
+            br#"{"access_token":"a","token_type":"Bearer","expires_in":"18446744073709551616"}"#,
+            br#"{"access_token":"","token_type":"Bearer"}"#,
+            br#"{"access_token":"a b","token_type":"Bearer"}"#,
+            br#"{"access_token":"a","token_type":"Bearer","refresh_token":""}"#,
+            br#"{"access_token":"a","token_type":"Bearer","refresh_token":7}"#,
+        ] {
+            assert!(parse_token_response(StatusCode::OK, body).is_err());
+            assert!(parse_token_response(StatusCode::INTERNAL_SERVER_ERROR, body).is_err());
+        }
+        // A huge but finite lifetime is accepted (a cache caps it itself).
+        for lifetime in ["1e9", "18446744073709551615", "\"18446744073709551615\""] {
+            let body =
+                format!(r#"{{"access_token":"a","token_type":"Bearer","expires_in":{lifetime}}}"#);
+            let (t, _) = ok(&body).unwrap();
+            assert!(t.expires_at().is_some());
+        }
     }
 }
