@@ -120,9 +120,12 @@ impl ClientBuilder {
 
     /// The bound on one attempt, from sending the request to the response
     /// headers; shortened to the time left before the deadline. `None`
-    /// disables it. Default: 10 s.
+    /// disables it. A value set here that is longer than the deadline fails
+    /// [`build`](Self::build). Default: 10 s, or the deadline if that is
+    /// shorter.
     pub fn attempt_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.layers.attempt_timeout = timeout.into();
+        self.layers.attempt_timeout_set = true;
         self
     }
 

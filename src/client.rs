@@ -112,6 +112,21 @@ impl Client {
         self.request(Method::DELETE, url)
     }
 
+    /// An `OAuth2` token endpoint reached through this client, for
+    /// [`ClientCredentialsGrant`](parapet_auth::ClientCredentialsGrant) and
+    /// [`RefreshTokenGrant`](parapet_auth::RefreshTokenGrant). Build the
+    /// client for the token endpoint *without* the auth layer it feeds;
+    /// `url` may be relative to this client's base URL.
+    ///
+    /// # Errors
+    ///
+    /// When `url` does not resolve to an absolute `http` or `https` URL.
+    pub fn token_endpoint(&self, url: &str) -> Result<parapet_auth::TokenEndpoint, Error> {
+        let uri = self.resolve(url)?;
+        parapet_auth::TokenEndpoint::new::<_, ReplayBody, _>(self.clone(), &uri.to_string())
+            .map_err(Error::request)
+    }
+
     fn resolve(&self, url: &str) -> Result<Uri, Error> {
         let uri: Uri = if url.contains("://") || url.starts_with('/') {
             url.parse()

@@ -30,6 +30,7 @@ struct Inner {
     headers: Option<HeaderMap>,
     retry_after: Option<Duration>,
     snippet: Option<Bytes>,
+    rate_limited: bool,
     source: Option<BoxError>,
 }
 
@@ -64,6 +65,7 @@ impl Error {
                 headers: None,
                 retry_after: None,
                 snippet: None,
+                rate_limited: false,
                 source,
             }),
         }
@@ -82,8 +84,10 @@ impl Error {
         headers: HeaderMap,
         retry_after: Option<Duration>,
         snippet: Bytes,
+        rate_limited: bool,
     ) -> Self {
         let mut e = Self::new(Kind::Status, None);
+        e.inner.rate_limited = rate_limited;
         e.inner.status = Some(status);
         e.inner.headers = Some(headers);
         e.inner.retry_after = retry_after;
@@ -122,8 +126,7 @@ impl Error {
     /// [`retry_after`](Self::retry_after).
     #[must_use]
     pub fn is_rate_limited(&self) -> bool {
-        self.inner.kind == Kind::RateLimited
-            || self.inner.status == Some(StatusCode::TOO_MANY_REQUESTS)
+        self.inner.kind == Kind::RateLimited || self.inner.rate_limited
     }
 
     /// Credentials could not be obtained (the token endpoint failed).
@@ -208,7 +211,7 @@ impl fmt::Display for Error {
             Kind::Transport => f.write_str("transport error")?,
         }
         if let Some(ra) = self.inner.retry_after {
-            write!(f, " (retry after {}s)", ra.as_secs_f64())?;
+            write!(f, " (retry after {:.1} s)", ra.as_secs_f64())?;
         }
         // The whole chain, so that "client error (Connect)" is followed by
         // what actually went wrong ("invalid peer certificate: UnknownIssuer").

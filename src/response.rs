@@ -67,8 +67,11 @@ impl Response {
     }
 
     /// Turns a 4xx or 5xx answer into an [`Error`] that carries the status,
-    /// the headers, the server's `Retry-After` and the first 1 KiB of the
-    /// body.
+    /// the headers, when the server said to come back (`Retry-After`, or the
+    /// reset of an exhausted `X-RateLimit-*` / `RateLimit` window) and the
+    /// first 1 KiB of the body. A 429, and a 403 that says the quota is
+    /// spent (GitHub's primary limit), count as
+    /// [`is_rate_limited`](Error::is_rate_limited).
     ///
     /// # Errors
     ///
@@ -79,13 +82,21 @@ impl Response {
             return Ok(self);
         }
         let (parts, mut body) = self.inner.into_parts();
-        let retry_after = parapet_core::retry_after(&parts.headers, SystemTime::now());
+        let now = SystemTime::now();
+        // The server's own word on when to come back: Retry-After, or an
+        // exhausted X-RateLimit / RateLimit window (GitHub's 403).
+        let limit = parapet_core::ServerLimit::from_response(status, &parts.headers, now);
+        let server_wait = limit.and_then(|l| l.wait());
+        let retry_after = server_wait.or_else(|| parapet_core::retry_after(&parts.headers, now));
+        let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::FORBIDDEN && server_wait.is_some());
         let snippet = body::snippet(&mut body, SNIPPET_LEN).await;
         Err(Error::status_error(
             status,
             parts.headers,
             retry_after,
             snippet,
+            rate_limited,
         ))
     }
 

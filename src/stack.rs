@@ -46,6 +46,10 @@ pub(crate) enum RetrySetting {
 #[derive(Debug, Clone)]
 pub(crate) struct LayerConfig {
     pub(crate) attempt_timeout: Option<Duration>,
+    /// Whether the attempt timeout was set by the user (then a value longer
+    /// than the deadline is an error) or is the default (then it is
+    /// shortened to the deadline).
+    pub(crate) attempt_timeout_set: bool,
     pub(crate) deadline: Option<Duration>,
     pub(crate) body_idle_timeout: Option<Duration>,
     pub(crate) retry: RetrySetting,
@@ -61,6 +65,7 @@ impl Default for LayerConfig {
     fn default() -> Self {
         Self {
             attempt_timeout: Some(Duration::from_secs(10)),
+            attempt_timeout_set: false,
             deadline: Some(Duration::from_secs(30)),
             body_idle_timeout: None,
             retry: RetrySetting::Default {
@@ -192,7 +197,7 @@ impl LayerConfig {
             return Err(zero("the body idle timeout"));
         }
         if let (Some(a), Some(d)) = (self.attempt_timeout, self.deadline) {
-            if a > d {
+            if a > d && self.attempt_timeout_set {
                 return Err(InvalidConfig::new(format!(
                     "attempt timeout ({a:?}) is longer than the deadline ({d:?})"
                 )));
@@ -217,6 +222,10 @@ impl LayerConfig {
         let retry = self.retry_layer()?;
         let attempt_timeout = self
             .attempt_timeout
+            .map(|a| match self.deadline {
+                Some(d) if !self.attempt_timeout_set => a.min(d),
+                _ => a,
+            })
             .map(|limit| AttemptTimeoutLayer::new(limit).body_idle_timeout(self.body_idle_timeout));
         let trace = self
             .tracing

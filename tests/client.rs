@@ -368,3 +368,28 @@ fn the_client_is_clone_send_sync() {
     fn assert_traits<T: Clone + Send + Sync + 'static>() {}
     assert_traits::<Client>();
 }
+
+#[test]
+fn a_deadline_alone_shortens_the_default_attempt_timeout() {
+    // Only an attempt timeout the caller set can contradict the deadline.
+    assert!(
+        ClientBuilder::new()
+            .deadline(Duration::from_secs(2))
+            .build()
+            .is_ok()
+    );
+    assert!(
+        ClientBuilder::new()
+            .deadline(Duration::from_secs(2))
+            .attempt_timeout(Duration::from_secs(3))
+            .build()
+            .is_err()
+    );
+    let err = ClientBuilder::new().max_attempts(0).build().unwrap_err();
+    assert!(err.message().contains("zero attempts"), "{err}");
+    let err = ClientBuilder::new()
+        .deadline(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(err.message().contains("deadline"), "{err}");
+}

@@ -391,3 +391,29 @@ async fn the_client_is_a_tower_service_for_custom_layers() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn a_github_style_403_is_a_rate_limit_error_with_the_reset() {
+    let server = Server::start().await;
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30;
+    server.on("/repos").reply(
+        Reply::status(403)
+            .header("x-ratelimit-remaining", "0")
+            .header("x-ratelimit-reset", reset.to_string()),
+    );
+    let client = fast().base_url(server.url("/")).build().unwrap();
+    let resp = client.get("/repos").send().await.unwrap();
+    let err = resp.error_for_status().await.unwrap_err();
+    assert!(err.is_rate_limited() && err.is_status());
+    let wait = err.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
+    // A 403 is not retried.
+    assert_eq!(server.hits("/repos"), 1);
+}
