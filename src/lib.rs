@@ -2,8 +2,53 @@
 //! layers.
 //!
 //! [`ClientBuilder`] assembles the recommended stack over hyper-util and
-//! rustls; [`Client`] gives the convenient API (`get`, `post`, `json`, ...)
-//! and is a `tower::Service` for your own layers.
+//! rustls with safe defaults; [`Client`] gives the convenient API (`get`,
+//! `post`, `json`, ...) and is a `tower::Service` for your own layers;
+//! [`Error`] is one opaque error with predicates.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), parapet::Error> {
+//! use parapet_testkit::{Reply, Server};
+//!
+//! // A loopback API that fails twice before it answers.
+//! let api = Server::start().await;
+//! api.on("/v1/orders").replies([Reply::status(503), Reply::status(503), Reply::json("[1, 2]")]);
+//!
+//! let client = parapet::Client::builder().base_url(api.url("/v1")).build().unwrap();
+//! let orders: Vec<u32> = client.get("orders").send().await?.error_for_status().await?.json().await?;
+//! assert_eq!(orders, [1, 2]);
+//!
+//! // Three attempts arrived, all with the same request id.
+//! let arrivals = api.arrivals_for("/v1/orders");
+//! assert_eq!(arrivals.len(), 3);
+//! assert!(arrivals.iter().all(|a| a.header("x-request-id") == arrivals[0].header("x-request-id")));
+//! # Ok(()) }
+//! ```
+//!
+//! # The stack
+//!
+//! Outermost first: request id and call span → deadline (30 s) → retry (3
+//! attempts, idempotent requests only, `Retry-After` obeyed) and attempt
+//! spans → throttle (server-told limits, per host) → rate limit (off unless
+//! set) → auth (none unless set) → concurrency limit (off unless set) →
+//! attempt timeout (10 s, shortened to the deadline) → hyper-util with
+//! rustls (connect timeout 5 s, pool idle 30 s). Each layer crate's docs say
+//! why it sits where it does; the layers are re-exported as [`core`],
+//! [`timeout`], [`retry`], [`ratelimit`], [`auth`] and [`trace`] for hand-built
+//! stacks.
+//!
+//! # Choices made here
+//!
+//! - Only an attempt timeout the caller sets can contradict the deadline
+//!   (and fails [`ClientBuilder::build`]); the default one is shortened to
+//!   the deadline.
+//! - A request built with [`RequestBuilder::idempotency_key`] is marked
+//!   idempotent: asking for a key says the API dedupes on it.
+//! - [`Response::error_for_status`] turns 4xx and 5xx into an [`Error`];
+//!   `send` itself succeeds whenever a response arrived, as in reqwest.
+//! - Local limiter errors (rate limit, throttle, concurrency limit) and
+//!   deadline-caused timeouts are never retried ([`retry_classifier`]):
+//!   they already waited all they were allowed to.
 
 mod body;
 mod builder;
