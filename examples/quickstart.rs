@@ -6,7 +6,12 @@
 //! Run it with `cargo run --example quickstart`. Everything runs on
 //! loopback; nothing leaves the machine.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
