@@ -175,6 +175,13 @@ impl Client {
         if parts.uri.scheme().is_none() {
             parts.uri = self.absolute(parts.uri)?;
         }
+        if parts
+            .uri
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            userinfo_to_basic_auth(&mut parts)?;
+        }
         for (name, value) in &self.shared.default_headers {
             if !parts.headers.contains_key(name) {
                 parts.headers.insert(name.clone(), value.clone());
@@ -185,6 +192,61 @@ impl Client {
             ReplayBody::new(body, self.shared.replay_cap),
         ))
     }
+}
+
+/// Moves `user:password@` out of the URL into a sensitive
+/// `Authorization: Basic` header (unless the request has one already), as
+/// browsers, curl and reqwest do.
+///
+/// Credentials must never travel further down the stack inside the URI:
+/// the connection pool keys and logs by authority, and the URI reaches
+/// every layer's spans and errors.
+fn userinfo_to_basic_auth(parts: &mut http::request::Parts) -> Result<(), Error> {
+    use base64::Engine as _;
+
+    let Some(authority) = parts.uri.authority() else {
+        return Ok(());
+    };
+    let Some((userinfo, host)) = authority.as_str().rsplit_once('@') else {
+        return Ok(());
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let credentials = format!("{}:{}", percent_decode(user), percent_decode(password));
+    let host: http::uri::Authority = host
+        .parse()
+        .map_err(|_| Error::request("the URL's host is not valid"))?;
+    let mut uri_parts = std::mem::take(&mut parts.uri).into_parts();
+    uri_parts.authority = Some(host);
+    parts.uri = Uri::from_parts(uri_parts).map_err(|_| Error::request("the URL is not valid"))?;
+    if !parts.headers.contains_key(http::header::AUTHORIZATION) {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .map_err(|_| Error::request("the URL's credentials are not valid"))?;
+        value.set_sensitive(true);
+        parts.headers.insert(http::header::AUTHORIZATION, value);
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` escapes; anything malformed is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |c: Option<&u8>| c.and_then(|c| char::from(*c).to_digit(16));
+        match (b, hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl fmt::Debug for Client {

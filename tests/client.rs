@@ -393,3 +393,21 @@ fn a_deadline_alone_shortens_the_default_attempt_timeout() {
         .unwrap_err();
     assert!(err.message().contains("deadline"), "{err}");
 }
+
+#[tokio::test]
+async fn credentials_in_the_url_become_a_sensitive_basic_header() {
+    let c = ClientBuilder::new().build_with(echo()).unwrap();
+    let text = echo_text(c.get("http://ada:p%40ss@api.test/me")).await;
+    // "ada:p@ss" in base64, and no userinfo left in the URI.
+    assert!(text.starts_with("GET http://api.test/me\n"), "{text}");
+    assert!(text.contains("authorization=Basic YWRhOnBAc3M="), "{text}");
+    // A caller's own Authorization header wins.
+    let text = echo_text(
+        c.get("http://ada:x@api.test/me")
+            .header("authorization", "Bearer t"),
+    )
+    .await;
+    assert!(
+        text.contains("authorization=Bearer t") && text.starts_with("GET http://api.test/me\n")
+    );
+}
