@@ -125,6 +125,8 @@ pub struct Case {
     pub what: &'static str,
     /// Makes one call.
     pub run: Box<dyn FnMut()>,
+    /// `size_of` the service's response future (moved by every layer above).
+    pub future_bytes: usize,
 }
 
 fn case<S, RB>(name: &'static str, what: &'static str, mut svc: S) -> Case
@@ -138,6 +140,7 @@ where
     Case {
         name,
         what,
+        future_bytes: std::mem::size_of::<S::Future>(),
         run: Box::new(move || drive(&mut svc, request(&uri))),
     }
 }
@@ -279,6 +282,7 @@ pub fn cases() -> Vec<Case> {
     ];
     let client = facade();
     v.push(Case {
+        future_bytes: 0,
         name: "facade_send",
         what: "parapet::Client: get(url).send() then bytes()",
         run: Box::new(move || {

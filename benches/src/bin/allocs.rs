@@ -100,8 +100,10 @@ fn main() {
     let timings = args.first().map(|p| read_bencher(p, group));
     let bare_ns = timings.as_ref().and_then(|t| t.get("bare").copied());
 
-    println!("| case | what | ns/call | ns over bare | allocs/call over bare | bytes/call |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!(
+        "| case | what | ns/call | ns over bare | allocs/call over bare | bytes allocated/call | response future bytes |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let mut bare_allocs = 0.0;
     for case in &mut parapet_bench::cases() {
         if subscriber && !parapet_bench::SUBSCRIBER_CASES.contains(&case.name) {
@@ -127,8 +129,13 @@ fn main() {
         } else {
             allocs - bare_allocs
         };
+        let fut = if case.future_bytes == 0 {
+            "-".to_owned()
+        } else {
+            case.future_bytes.to_string()
+        };
         println!(
-            "| `{}` | {} | {fmt_ns} | {over} | {allocs_over:.2} | {bytes:.0} |",
+            "| `{}` | {} | {fmt_ns} | {over} | {allocs_over:.2} | {bytes:.0} | {fut} |",
             case.name, case.what
         );
     }

@@ -1,9 +1,11 @@
 //! Limiter accuracy in real time.
 //!
-//! 1. `parapet_ratelimit::RateLimitLayer` (shared bucket, burst 1, wait
-//!    mode) over an always-ready service at 100/s, 1000/s and 10 000/s, with
-//!    one caller calling in a loop and with 64 concurrent callers: calls
-//!    admitted in a fixed window, and the achieved rate.
+//! 1. `parapet_ratelimit::RateLimitLayer` (shared bucket, wait mode) over
+//!    an always-ready service at 100/s, 1000/s and 10 000/s, with burst 1
+//!    (evenly spaced) and with the default burst (`n`), with one caller
+//!    calling in a loop and with 64 concurrent callers: calls admitted in a
+//!    fixed window against `burst + rate × window`, and the achieved rate
+//!    after the burst.
 //! 2. `parapet_auth::TokenCache` under 1000 concurrent callers with a cold
 //!    cache and a token endpoint that takes 50 ms: how many fetches, and the
 //!    time until every caller has its token; then the same 1000 callers
@@ -36,8 +38,9 @@ fn arg(name: &str, default: f64) -> f64 {
 /// Calls through a limiter of `rate`/s from `tasks` callers for `secs`;
 /// returns (calls admitted, seconds from the first admission to the end of
 /// the window).
-async fn rate(rate: u32, tasks: usize, secs: f64) -> (u64, f64) {
-    let quota = Quota::per_second(NonZeroU32::new(rate).expect("non-zero"));
+async fn rate(rate: u32, burst: u32, tasks: usize, secs: f64) -> (u64, f64) {
+    let quota = Quota::per_second(NonZeroU32::new(rate).expect("non-zero"))
+        .burst(NonZeroU32::new(burst).expect("non-zero"));
     let svc = RateLimitLayer::new(quota).layer(Ready);
     let uri = http::Uri::from_static(parapet_bench::URL);
     let admitted = Arc::new(AtomicU64::new(0));
@@ -118,20 +121,22 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        println!("**RateLimitLayer** (shared bucket, burst 1, wait mode), {secs} s window per row:\n");
-        println!("| quota | callers | admitted | expected (1 + rate × window) | achieved rate /s | error |");
-        println!("|---:|---:|---:|---:|---:|---:|");
+        println!("**RateLimitLayer** (shared bucket, wait mode), {secs} s window per row:\n");
+        println!("| quota | burst | callers | admitted | expected (burst + rate × window) | achieved rate after the burst /s | error |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
         for r in [100u32, 1_000, 10_000] {
-            for tasks in [1usize, 64] {
-                let (n, elapsed) = rate(r, tasks, secs).await;
-                let expected = 1.0 + f64::from(r) * elapsed;
-                #[allow(clippy::cast_precision_loss)]
-                let achieved = (n as f64 - 1.0) / elapsed;
-                #[allow(clippy::cast_precision_loss)]
-                let error = (n as f64 - expected) / expected * 100.0;
-                println!(
-                    "| {r}/s | {tasks} | {n} | {expected:.0} | {achieved:.1} | {error:+.2} % |"
-                );
+            for burst in [1, r] {
+                for tasks in [1usize, 64] {
+                    let (n, elapsed) = rate(r, burst, tasks, secs).await;
+                    let expected = f64::from(burst) + f64::from(r) * elapsed;
+                    #[allow(clippy::cast_precision_loss)]
+                    let achieved = (n as f64 - f64::from(burst)) / elapsed;
+                    #[allow(clippy::cast_precision_loss)]
+                    let error = (n as f64 - expected) / expected * 100.0;
+                    println!(
+                        "| {r}/s | {burst} | {tasks} | {n} | {expected:.0} | {achieved:.1} | {error:+.2} % |"
+                    );
+                }
             }
         }
         println!();

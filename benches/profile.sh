@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The profiles behind BENCHMARKS.md's "Known costs" (valgrind; not part of
+# run.sh). `./profile.sh [CASE...]` prints user-space instructions per call
+# of each in-memory case (callgrind: the difference between 20 000 and
+# 10 000 calls, so setup cancels out), and writes for each case
+#   target/profile/cg.CASE.out    (callgrind_annotate --inclusive=yes ...)
+#   target/profile/dhat.CASE.json (allocation sites: dh_view.html, or
+#                                  the summary printed below)
+set -euo pipefail
+cd "$(dirname "$0")"
+cargo build --release --bin allocs >/dev/null
+out=target/profile
+mkdir -p "$out"
+cases=("$@")
+if [ ${#cases[@]} -eq 0 ]; then
+  cases=(bare request_id trace attempt_trace deadline retry throttle rate_limit
+         rate_limit_per_authority auth concurrency_limit attempt_timeout
+         default_stack full_stack facade_service facade_send)
+fi
+ir() {
+  valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1.$2.out" \
+    target/release/allocs --only "$1" --calls "$2" 2>&1 |
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+}
+echo "| case | instructions per call | allocation sites (per call) |"
+echo "|---|---:|---|"
+for c in "${cases[@]}"; do
+  a=$(ir "$c" 10000)
+  b=$(ir "$c" 20000)
+  mv "$out/cg.$c.20000.out" "$out/cg.$c.out"
+  rm -f "$out/cg.$c.10000.out"
+  valgrind --tool=dhat --dhat-out-file="$out/dhat.$c.json" \
+    target/release/allocs --only "$c" --calls 1000 >/dev/null 2>&1
+  sites=$(python3 - "$out/dhat.$c.json" <<'PY'
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+ftbl = d["ftbl"]
+out = []
+for p in sorted(d["pps"], key=lambda p: -p["tbk"]):
+    if p["tbk"] < 900:
+        continue
+    site = "the benchmark's own request"
+    for f in p["fs"]:
+        m = re.match(r"^0x[0-9A-Fa-f]+: (.*) \((\S+\.rs):(\d+)\)$", ftbl[f])
+        if not m:
+            continue
+        fn, file, line = m.groups()
+        head = fn[1:] if fn.startswith("<") else fn
+        if not head.startswith(("parapet_", "parapet::")) or head.startswith("parapet_bench"):
+            continue
+        if "library/" in file or "/rustc/" in file:
+            continue
+        krate = re.search(r"(parapet(?:_[a-z]+)?)::", fn)
+        krate = krate.group(1).replace("_", "-") if krate else "?"
+        if krate == "parapet-bench":
+            continue
+        if not file.startswith("src/"):
+            file = "src/" + file
+        site = f"{krate}/{file}:{line}"
+        break
+    out.append(f"{p['tbk'] / 1000:.2f}× {p['tb'] // p['tbk']} B at {site}")
+print("; ".join(out) or "none")
+PY
+)
+  echo "| \`$c\` | $(( (b - a) / 10000 )) | $sites |"
+done
