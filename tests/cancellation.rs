@@ -36,7 +36,7 @@ use tower::ServiceExt;
 /// Longer than any wait these tests abandon (one second each).
 const AFTERWARDS: Duration = Duration::from_millis(1600);
 /// What "promptly" means for the call after a cancellation.
-const PROMPTLY: Duration = Duration::from_millis(700);
+const PROMPTLY: Duration = Duration::from_millis(900);
 
 /// The suite's client base for these tests: a 5 s deadline (the waits must
 /// not run into it), and one concurrency slot that a later call may wait
