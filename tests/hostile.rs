@@ -412,7 +412,7 @@ async fn a_url_with_credentials_is_never_logged_nor_sent_in_clear() {
 
     // Odd user information: never a panic, never in the clear.
     for userinfo in [
-        format!("{URL_PASSWORD}"),
+        URL_PASSWORD.to_owned(),
         format!(":{URL_PASSWORD}"),
         format!("user:{URL_PASSWORD}%zz%"),
         format!("us%3Aer:{URL_PASSWORD}%40x"),
