@@ -22,8 +22,40 @@ ir() {
     target/release/allocs --only "$1" --calls "$2" 2>&1 |
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
+# The biggest differences in self cost (instructions per call) between a
+# case and `bare`, by function.
+top() {
+  python3 - "$out/cg.bare.out" "$out/cg.$1.out" <<'PY'
+import collections, re, subprocess, sys
+def load(path):
+    text = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no", path],
+                          capture_output=True, text=True).stdout
+    d = collections.Counter()
+    for line in text.splitlines():
+        m = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", line)
+        if not m or "PROGRAM TOTALS" in line:
+            continue
+        name = re.sub(r" \[/.*\]$", "", m.group(2))
+        name = name.split(":", 1)[1] if ":" in name else name
+        d[name] += int(m.group(1).replace(",", "")) / 20000
+    return d
+a, b = load(sys.argv[1]), load(sys.argv[2])
+rows = sorted(set(a) | set(b), key=lambda k: a[k] - b[k])[:5]
+def short(name):
+    prev = None
+    while prev != name:
+        prev = name
+        name = re.sub(r"<([^<>]*)>", lambda m: m.group(0) if " as " in m.group(1) else "", name)
+    name = re.sub(r"<(?:\w+::)*(\w+) as (?:\w+::)*(\w+)>", r"<\1 as \2>", name)
+    name = re.sub(r"(?:\w+::)*(\w+::\w+)", r"\1", name)
+    return name[:60]
+print("; ".join(f"{short(k)} +{b[k] - a[k]:.0f}" for k in rows if b[k] - a[k] > 10))
+PY
+}
+
 echo "| case | instructions per call | allocation sites (per call) |"
 echo "|---|---:|---|"
+if [[ " ${cases[*]} " != *" bare "* ]]; then cases=(bare "${cases[@]}"); fi
 for c in "${cases[@]}"; do
   a=$(ir "$c" 10000)
   b=$(ir "$c" 20000)
@@ -35,7 +67,7 @@ for c in "${cases[@]}"; do
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 ftbl = d["ftbl"]
-out = []
+sites = {}
 for p in sorted(d["pps"], key=lambda p: -p["tbk"]):
     if p["tbk"] < 900:
         continue
@@ -58,9 +90,17 @@ for p in sorted(d["pps"], key=lambda p: -p["tbk"]):
             file = "src/" + file
         site = f"{krate}/{file}:{line}"
         break
-    out.append(f"{p['tbk'] / 1000:.2f}× {p['tb'] // p['tbk']} B at {site}")
-print("; ".join(out) or "none")
+    n, b = sites.get(site, (0.0, 0))
+    sites[site] = (n + p["tbk"] / 1000, b + p["tb"] // 1000)
+print("; ".join(f"{n:.0f} × ({b} B) at {s}" for s, (n, b) in sites.items()) or "none")
 PY
 )
   echo "| \`$c\` | $(( (b - a) / 10000 )) | $sites |"
+done
+echo
+echo "| case | biggest self-cost differences from bare (instructions per call) |"
+echo "|---|---|"
+for c in "${cases[@]}"; do
+  [ "$c" = bare ] && continue
+  echo "| \`$c\` | $(top "$c") |"
 done
