@@ -313,3 +313,48 @@ async fn retry_after_too_large_for_any_integer_saturates() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn retry_after_edge_values_through_a_hand_built_stack() {
+    let _logs = capture();
+    let stack = hand_built(fast_policy(false));
+    let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let huge = "99999999999999999999999999999999999999999999";
+    for (value, arrivals) in [
+        ("0", 2),
+        ("-1", 2),
+        (past, 2),
+        ("soon", 2),
+        ("86400", 1),
+        (huge, 1),
+    ] {
+        let server = Server::start().await;
+        server.on("/ra").replies([
+            Reply::status(503).header("retry-after", value),
+            Reply::ok().body("done"),
+        ]);
+        let req = http::Request::get(server.url("/ra"))
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap();
+        let start = Instant::now();
+        let res = tower::ServiceExt::oneshot(stack.clone(), req)
+            .await
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "{value}");
+        assert_eq!(server.hits("/ra"), arrivals, "{value}");
+        if arrivals == 2 {
+            assert_eq!(res.status(), 200, "{value}");
+        } else {
+            // Returned at once, saying why and what the server asked for.
+            assert_eq!(res.status(), 503, "{value}");
+            let why = parapet::retry::NotRetried::get(res.extensions()).unwrap();
+            assert_eq!(
+                why.reason(),
+                parapet::retry::NotRetriedReason::RetryAfterTooLong
+            );
+            assert_eq!(why.attempts(), 1);
+            let expected = value.parse::<u64>().unwrap_or(u64::MAX);
+            assert_eq!(why.retry_after(), Some(Duration::from_secs(expected)));
+        }
+    }
+}
