@@ -177,6 +177,25 @@ macro_rules! default_stack {
     };
 }
 
+/// The facade's default layers, hand-assembled in DESIGN.md's order.
+pub type DefaultStack<S> = parapet_trace::SetRequestId<
+    parapet_trace::Trace<
+        parapet_timeout::CallDeadline<
+            parapet_retry::Retry<
+                parapet_trace::AttemptTrace<
+                    parapet_ratelimit::Throttle<parapet_timeout::AttemptTimeout<S>>,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// The facade's default layers over `inner`, hand-assembled with
+/// `tower::ServiceBuilder` (see the `default_stack` case).
+pub fn default_stack<S>(inner: S) -> DefaultStack<S> {
+    default_stack!(inner)
+}
+
 /// Every layer, in DESIGN.md's order.
 macro_rules! full_stack {
     ($inner:expr) => {

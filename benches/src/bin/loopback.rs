@@ -5,16 +5,19 @@
 //!   (`taskset -c 0`), this client process on core 1 (`taskset -a -p`), when
 //!   `taskset` exists; the client runtime is tokio's current-thread one;
 //! - clients: bare hyper-util (legacy client, `TCP_NODELAY` on like the
-//!   others), parapet's default client (`parapet::Client::new()`), reqwest
+//!   others), parapet's default layers hand-assembled over that same
+//!   hyper-util client (a `tower::Service` called with a prebuilt
+//!   `http::Request`), parapet's default client (`parapet::Client::new()`,
+//!   `get(url).send()` then `bytes()`), reqwest
 //!   (default features off: plain HTTP/1.1), and reqwest wrapped in
 //!   reqwest-middleware with reqwest-tracing and reqwest-retry;
 //! - concurrency 1 and 64; after a warm-up per client, `--runs` interleaved
-//!   runs (A B C D A B C D ...) of `--secs` seconds each;
+//!   runs (A B C D E A B C D E ...) of `--secs` seconds each;
 //! - reported: requests/s (median, min, max), the ratio to bare hyper-util
 //!   taken run by run, the median latency at concurrency 1, and the CPU time
 //!   each process used (to see which side was the bottleneck).
 //!
-//! `loopback [--runs N] [--secs S] [--warmup S] [--only hyper|parapet|reqwest|middleware] [--concurrency N]`
+//! `loopback [--runs N] [--secs S] [--warmup S] [--only hyper|stack|parapet|reqwest|middleware] [--concurrency N]`
 //! (the last two run one client or one concurrency, for profiling).
 
 #![forbid(unsafe_code)]
@@ -32,21 +35,30 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
+use tower::ServiceExt;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Hyper,
+    Stack,
     Parapet,
     Reqwest,
     ReqwestMw,
 }
 
-const KINDS: [Kind; 4] = [Kind::Hyper, Kind::Parapet, Kind::Reqwest, Kind::ReqwestMw];
+const KINDS: [Kind; 5] = [
+    Kind::Hyper,
+    Kind::Stack,
+    Kind::Parapet,
+    Kind::Reqwest,
+    Kind::ReqwestMw,
+];
 
 impl Kind {
     fn key(self) -> &'static str {
         match self {
             Kind::Hyper => "hyper",
+            Kind::Stack => "stack",
             Kind::Parapet => "parapet",
             Kind::Reqwest => "reqwest",
             Kind::ReqwestMw => "middleware",
@@ -56,6 +68,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Hyper => "bare hyper-util",
+            Kind::Stack => "parapet layers, hand-built, over hyper-util",
             Kind::Parapet => "parapet default client",
             Kind::Reqwest => "reqwest",
             Kind::ReqwestMw => "reqwest + middleware + retry + tracing",
@@ -67,6 +80,7 @@ struct Clients {
     uri: Uri,
     url: String,
     hyper: HyperClient<HttpConnector, Empty<Bytes>>,
+    stack: parapet_bench::DefaultStack<HyperClient<HttpConnector, parapet_core::ReplayBody>>,
     parapet: parapet::Client,
     reqwest: reqwest::Client,
     mw: reqwest_middleware::ClientWithMiddleware,
@@ -78,7 +92,9 @@ impl Clients {
         let uri: Uri = url.parse().expect("uri");
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        let hyper = HyperClient::builder(TokioExecutor::new()).build(http);
+        let hyper = HyperClient::builder(TokioExecutor::new()).build(http.clone());
+        let stack =
+            parapet_bench::default_stack(HyperClient::builder(TokioExecutor::new()).build(http));
         let parapet = parapet::Client::new().expect("parapet client");
         let reqwest = reqwest::Client::builder()
             .no_proxy()
@@ -100,6 +116,7 @@ impl Clients {
             uri,
             url,
             hyper,
+            stack,
             parapet,
             reqwest,
             mw,
@@ -117,6 +134,22 @@ impl Clients {
                     .collect()
                     .await
                     .expect("hyper body")
+                    .to_bytes()
+                    .len()
+            }
+            Kind::Stack => {
+                let mut req = Request::new(Empty::<Bytes>::new());
+                *req.uri_mut() = self.uri.clone();
+                let res = self
+                    .stack
+                    .clone()
+                    .oneshot(req)
+                    .await
+                    .expect("stack request");
+                res.into_body()
+                    .collect()
+                    .await
+                    .expect("stack body")
                     .to_bytes()
                     .len()
             }
@@ -394,7 +427,7 @@ fn main() {
                     }
                     let one = run(&clients, *kind, concurrency, secs, &server_pid, &addr).await;
                     eprintln!(
-                        "c={concurrency:<2} run {r} {:<40} {:>9.0} req/s  client cpu {:>5.1}%  server cpu {:>5.1}%  new conns {:>4}{}",
+                        "c={concurrency:<2} run {r} {:<44} {:>9.0} req/s  client cpu {:>5.1}%  server cpu {:>5.1}%  new conns {:>4}{}",
                         kind.name(),
                         one.rps,
                         one.client_cpu,
