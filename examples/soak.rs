@@ -6,15 +6,18 @@
 //! cargo run --release --example soak -- --seconds 30 --concurrency 32 --seed 7
 //! ```
 //!
-//! Three loopback servers (three authorities, so that one's throttle gate
-//! or retry budget does not hide another's faults):
+//! Loopback servers (separate authorities, so that one's throttle gate or
+//! retry budget does not hide another's faults):
 //!
 //! - `faults`: GETs answered normally, or reset, closed, cut mid-body,
 //!   truncated, stalled before the headers, hung, dripped slowly, or dripped
 //!   so slowly that the deadline ends them;
 //! - `storms`: 503s and 429s with `Retry-After: 1` mixed with answers;
 //! - `payments`: POSTs, half with an `Idempotency-Key` (the client trusts
-//!   it), half without, answered normally or reset, closed, hung or 503.
+//!   it), half without, answered normally or reset, closed, hung or 503;
+//! - `api`, behind `OAuth2` client-credentials tokens from a token endpoint
+//!   that fails or is slow now and then and issues 5 s tokens: 401s (a
+//!   refresh and one re-send) and 503s mixed with answers.
 //!
 //! It checks, and prints every 10 s and at the end:
 //!
@@ -24,7 +27,9 @@
 //!   (without a key: at most one) and per key (every arrival of a key
 //!   carries the same bytes, and at most as many as the attempts);
 //! - no call outlives its deadline: each call's wall time, sending and
-//!   reading the whole body, against the deadline plus a small slack.
+//!   reading the whole body, against the deadline plus a small slack;
+//! - auth: every API arrival carries an issued token, and no call reaches
+//!   the API more than twice per attempt (one re-send after a 401).
 //!
 //! Exits with status 1 if any check failed. Everything stays on 127.0.0.1.
 #![allow(
@@ -41,7 +46,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use parapet::Client;
+use parapet::auth::{AuthLayer, ClientCredentialsGrant, TokenCache, TokenEndpoint};
 use parapet::retry::RetryPolicy;
 use parapet_core::{IDEMPOTENCY_KEY, IdempotencyRules};
 use parapet_testkit::{Arrival, Reply, Server, body_hash};
@@ -239,10 +247,16 @@ enum Op {
     Storm,
     PostKeyed,
     PostUnkeyed,
+    Authed,
 }
 
-async fn one_call(client: &Client, urls: &Urls, op: Op, n: u64, c: &Counters) {
+async fn one_call(clients: &Clients, urls: &Urls, op: Op, n: u64, c: &Counters) {
+    let client = &clients.plain;
     let req = match op {
+        Op::Authed => clients
+            .authed
+            .get(&urls.api)
+            .header("x-soak-n", n.to_string()),
         Op::Get => client.get(&urls.get),
         Op::Storm => client.get(&urls.storm),
         Op::PostKeyed => client
@@ -291,6 +305,80 @@ struct Urls {
     get: String,
     storm: String,
     pay: String,
+    api: String,
+}
+
+struct Clients {
+    /// No credentials: the fault, storm and payment servers.
+    plain: Client,
+    /// Bearer tokens from the token endpoint, for the API server.
+    authed: Client,
+}
+
+/// What the API and token servers saw.
+#[derive(Default)]
+struct AuthLedger {
+    /// API arrivals per call number.
+    per_call: Vec<u8>,
+    /// API arrivals without a token the endpoint issued.
+    bad_token: u64,
+    /// Tokens issued.
+    issued: u64,
+}
+
+/// A token endpoint that issues `soak-tok-<n>` for 5 s (so tokens are
+/// refreshed all the time), answering 503 to 10 % and slowly to 5 %.
+fn token_route(server: &Server, seed: u64, ledger: Arc<Mutex<AuthLedger>>) {
+    let rng = shared_rng(seed);
+    server.on("/token").handle(move |_a: &Arrival| {
+        let p = rng.lock().unwrap().pct();
+        if p < 10 {
+            return Reply::status(503);
+        }
+        let n = {
+            let mut l = ledger.lock().unwrap();
+            l.issued += 1;
+            l.issued
+        };
+        let reply = Reply::json(format!(
+            r#"{{"access_token":"soak-tok-{n}","token_type":"Bearer","expires_in":5}}"#
+        ));
+        if p < 15 {
+            reply.delay(Duration::from_millis(300))
+        } else {
+            reply
+        }
+    });
+}
+
+/// An API that wants an issued bearer token, and answers 401 to 3 % of the
+/// requests (a revoked token: the client refreshes and sends once more)
+/// and 503 to 2 %.
+fn api_route(server: &Server, seed: u64, ledger: Arc<Mutex<AuthLedger>>) {
+    let rng = shared_rng(seed);
+    server.on("/api").handle(move |a: &Arrival| {
+        let n = a
+            .header("x-soak-n")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(usize::MAX - 1);
+        let token_ok = a
+            .header("authorization")
+            .is_some_and(|v| v.starts_with("Bearer soak-tok-"));
+        {
+            let mut l = ledger.lock().unwrap();
+            bump(&mut l.per_call, n);
+            if !token_ok {
+                l.bad_token += 1;
+            }
+        }
+        match rng.lock().unwrap().pct() {
+            0..=2 => {
+                Reply::status(401).header("www-authenticate", r#"Bearer error="invalid_token""#)
+            }
+            3..=4 => Reply::status(503),
+            _ => Reply::json(r#"{"me":"soak"}"#),
+        }
+    });
 }
 
 fn main() {
@@ -309,7 +397,9 @@ async fn soak(args: Args) -> bool {
     let faults = Server::start().await;
     let storms = Server::start().await;
     let payments = Server::start().await;
-    for s in [&faults, &storms, &payments] {
+    let api = Server::start().await;
+    let idp = Server::start().await;
+    for s in [&faults, &storms, &payments, &api, &idp] {
         // The arrival log would grow for ever; the routes keep their own
         // (bounded) accounts.
         s.record_arrivals(false);
@@ -318,10 +408,14 @@ async fn soak(args: Args) -> bool {
     faults_route(&faults, args.seed);
     storms_route(&storms, args.seed.wrapping_add(1));
     payments_route(&payments, args.seed.wrapping_add(2), Arc::clone(&ledger));
+    let auth_ledger = Arc::new(Mutex::new(AuthLedger::default()));
+    token_route(&idp, args.seed.wrapping_add(3), Arc::clone(&auth_ledger));
+    api_route(&api, args.seed.wrapping_add(4), Arc::clone(&auth_ledger));
     let urls = Arc::new(Urls {
         get: faults.url("/get"),
         storm: storms.url("/storm"),
         pay: payments.url("/pay"),
+        api: api.url("/api"),
     });
 
     let policy = RetryPolicy::builder()
@@ -332,13 +426,29 @@ async fn soak(args: Args) -> bool {
         .classify(parapet::retry_classifier)
         .build()
         .unwrap();
-    let client = Client::builder()
+    let builder = Client::builder()
         .deadline(DEADLINE)
         .attempt_timeout(ATTEMPT)
         .connect_timeout(ATTEMPT)
-        .retry(policy)
+        .retry(policy);
+    // The token endpoint is reached through a client without auth.
+    let token_client = Client::builder()
+        .deadline(DEADLINE)
+        .attempt_timeout(ATTEMPT)
+        .retry_off()
         .build()
         .unwrap();
+    let endpoint =
+        TokenEndpoint::new::<_, Full<Bytes>, _>(token_client, &idp.url("/token")).unwrap();
+    let grant = ClientCredentialsGrant::new(endpoint, "soak", "soak-secret").unwrap();
+    let cache = TokenCache::builder(grant)
+        .fetch_timeout(Duration::from_secs(1))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build();
+    let clients = Arc::new(Clients {
+        plain: builder.clone().build().unwrap(),
+        authed: builder.auth(AuthLayer::token_cache(cache)).build().unwrap(),
+    });
 
     println!(
         "soak: {:?} at concurrency {}, seed {:#x}; deadline {DEADLINE:?}, attempt timeout {ATTEMPT:?}, {ATTEMPTS} attempts",
@@ -351,7 +461,7 @@ async fn soak(args: Args) -> bool {
 
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let client = client.clone();
+        let clients = Arc::clone(&clients);
         let urls = Arc::clone(&urls);
         let counters = Arc::clone(&counters);
         let next_n = Arc::clone(&next_n);
@@ -359,13 +469,14 @@ async fn soak(args: Args) -> bool {
         workers.push(tokio::spawn(async move {
             while Instant::now() < end {
                 let op = match rng.pct() {
-                    0..=44 => Op::Get,
-                    45..=64 => Op::Storm,
-                    65..=84 => Op::PostKeyed,
-                    _ => Op::PostUnkeyed,
+                    0..=39 => Op::Get,
+                    40..=54 => Op::Storm,
+                    55..=71 => Op::PostKeyed,
+                    72..=84 => Op::PostUnkeyed,
+                    _ => Op::Authed,
                 };
                 let n = next_n.fetch_add(1, Ordering::Relaxed);
-                one_call(&client, &urls, op, n, &counters).await;
+                one_call(&clients, &urls, op, n, &counters).await;
             }
         }));
     }
@@ -427,22 +538,38 @@ async fn soak(args: Args) -> bool {
         )
     };
 
+    let (api_calls, api_over, bad_token, issued, api_most) = {
+        let l = auth_ledger.lock().unwrap();
+        let seen: Vec<u8> = l.per_call.iter().copied().filter(|&c| c > 0).collect();
+        (
+            seen.len() as u64,
+            seen.iter()
+                .filter(|&&c| u32::from(c) > 2 * ATTEMPTS)
+                .count() as u64,
+            l.bad_token,
+            l.issued,
+            seen.iter().copied().max().unwrap_or(0),
+        )
+    };
+
     // Memory: compare the end with the first sample after a minute of
-    // warm-up (pools, buffers and allocator arenas fill up first).
+    // warm-up (pools, buffers and allocator arenas fill up first), or half
+    // the run for runs shorter than two minutes.
+    let warm_up = 60.min(args.run_for.as_secs() / 2);
     let warm = samples
         .iter()
-        .find(|(t, _)| *t >= 60)
+        .find(|(t, _)| *t >= warm_up)
         .or(samples.first())
         .map_or(0, |s| s.1);
     let peak_after_warm = samples
         .iter()
-        .filter(|(t, _)| *t >= 60)
+        .filter(|(t, _)| *t >= warm_up)
         .map(|s| s.1)
         .max()
         .unwrap_or(rss_end);
     let growth = i64::try_from(rss_end).unwrap_or(0) - i64::try_from(warm).unwrap_or(0);
     // The ledger's own growth (one byte per POST) is not a leak.
-    let ledger_kib = (unkeyed_posts + keyed_posts) / 1024 + 1;
+    let ledger_kib = (unkeyed_posts + keyed_posts + api_calls) / 1024 + 1;
     let flat = growth <= i64::try_from(warm / 10 + 8 * 1024 + ledger_kib).unwrap_or(i64::MAX);
 
     let c = &counters;
@@ -465,11 +592,17 @@ async fn soak(args: Args) -> bool {
         c.other.load(Ordering::Relaxed),
     );
     println!(
-        "server requests: faults {}, storms {}, payments {}; connections {}",
+        "server requests: faults {}, storms {}, payments {}, api {}, token endpoint {}; connections {}",
         faults.requests(),
         storms.requests(),
         payments.requests(),
-        faults.connections() + storms.connections() + payments.connections()
+        api.requests(),
+        idp.requests(),
+        faults.connections()
+            + storms.connections()
+            + payments.connections()
+            + api.connections()
+            + idp.connections()
     );
     println!(
         "deadline {DEADLINE:?}: longest call {:.1} ms, most past the deadline {:.1} ms, calls past deadline + {SLACK:?}: {over}",
@@ -480,12 +613,22 @@ async fn soak(args: Args) -> bool {
         "POSTs without a key: {unkeyed_posts} arrived, {unkeyed_dup} more than once; with a key: {keyed_posts} keys arrived, most arrivals of one key {max_key_arrivals}, over {ATTEMPTS}: {keyed_over}, body/key mismatches {mismatched}"
     );
     println!(
+        "auth: {api_calls} calls reached the API, most arrivals of one call {api_most}, over {}: {api_over}; arrivals without an issued token: {bad_token}; {issued} tokens issued (5 s each)",
+        2 * ATTEMPTS
+    );
+    println!(
         "memory (VmRSS): {} KiB at {}s, {warm} KiB after warm-up, {rss_end} KiB at the end, peak after warm-up {peak_after_warm} KiB, growth {growth} KiB ({})",
         samples.first().map_or(0, |s| s.1),
         samples.first().map_or(0, |s| s.0),
         if flat { "flat" } else { "GROWING" }
     );
-    let failed = over > 0 || unkeyed_dup > 0 || keyed_over > 0 || mismatched > 0 || !flat;
+    let failed = over > 0
+        || unkeyed_dup > 0
+        || keyed_over > 0
+        || mismatched > 0
+        || api_over > 0
+        || bad_token > 0
+        || !flat;
     println!("verdict: {}", if failed { "FAIL" } else { "pass" });
     failed
 }
