@@ -10,7 +10,6 @@
     clippy::indexing_slicing
 )]
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -23,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use parapet::retry::{RetryBudget, RetryLayer, RetryPolicy};
+use parapet::retry::{RetryLayer, RetryPolicy};
 use parapet::timeout::{AttemptTimeoutLayer, DeadlineLayer};
 use parapet::trace::{AttemptTraceLayer, RequestIdLayer, TraceLayer};
 use parapet::{Client, ClientBuilder};
@@ -278,11 +277,6 @@ where
     BoxCloneSyncService::new(svc)
 }
 
-/// The default budget, named for the tests that rely on it.
-pub fn default_budget() -> RetryBudget {
-    RetryBudget::new()
-}
-
 // ---------------------------------------------------------------------------
 // One call, either way
 // ---------------------------------------------------------------------------
@@ -399,12 +393,4 @@ impl Rng {
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-/// An always-succeeding stand-in service, for the rare test that needs one.
-pub fn ok_service()
--> impl Service<Request<ReplayBody>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
-    tower::service_fn(|_req: Request<ReplayBody>| async {
-        Ok(Response::new(Full::new(Bytes::new())))
-    })
 }
