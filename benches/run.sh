@@ -40,7 +40,7 @@ echo "== limiter accuracy"
 "$bin"/limiter --secs 3 | tee "$out/limiter.md"
 
 echo "== loopback throughput"
-"$bin"/loopback --runs 7 --secs 2 --warmup 1 2>&1 | tee "$out/loopback.md"
+"$bin"/loopback --runs 15 --secs 0.5 --warmup 1 2>&1 | tee "$out/loopback.md"
 
 {
   echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
