@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use parapet_auth::{SecretString, parse_token_response};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, body)) = data.split_first() else { return };
+    let Some((&first, body)) = data.split_first() else {
+        return;
+    };
     // Mostly 200, sometimes another status: 2xx, 4xx and 5xx all matter.
     let status = match first {
         0..=127 => StatusCode::OK,
