@@ -193,7 +193,9 @@ impl ClientBuilder {
     /// The per-host gate that holds requests while a server has said "not
     /// before T" (429/503 `Retry-After`, exhausted `X-RateLimit-*`, IETF
     /// `RateLimit`), configured as given; `None` turns it off. Default: on,
-    /// with `ThrottleLayer::new()`'s settings.
+    /// with `ThrottleLayer::new()`'s settings except that one server signal
+    /// closes a gate for at most
+    /// [`DEFAULT_MAX_SERVER_WAIT`](crate::DEFAULT_MAX_SERVER_WAIT) (5 min).
     pub fn throttle(
         mut self,
         throttle: impl Into<Option<parapet_ratelimit::ThrottleLayer>>,

@@ -67,7 +67,7 @@ pub use error::{Error, InvalidConfig};
 pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
 pub use transport::{Certificate, Identity};
 
-pub use stack::retry_classifier;
+pub use stack::{DEFAULT_MAX_SERVER_WAIT, retry_classifier};
 
 pub use parapet_auth as auth;
 pub use parapet_core as core;

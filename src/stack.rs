@@ -27,6 +27,13 @@ use crate::client::Stack;
 use crate::error::{InvalidConfig, Kind};
 use crate::optional::Optional;
 
+/// The longest the facade's throttle keeps a host's gate closed on one
+/// server signal: 5 minutes (Envoy ignores `Retry-After` above 300 s). A
+/// server asking for longer is probed again after that, so one bogus
+/// `Retry-After: 86400` cannot stop a client for a day, and a real outage
+/// costs one request every 5 minutes.
+pub const DEFAULT_MAX_SERVER_WAIT: Duration = Duration::from_secs(300);
+
 /// How retries are configured.
 #[derive(Debug, Clone)]
 pub(crate) enum RetrySetting {
@@ -72,7 +79,7 @@ impl Default for LayerConfig {
                 max_attempts: 3,
                 trust_idempotency_key: false,
             },
-            throttle: Some(ThrottleLayer::new()),
+            throttle: Some(ThrottleLayer::new().max_server_wait(DEFAULT_MAX_SERVER_WAIT)),
             rate_limit: None,
             concurrency_limit: None,
             auth: None,

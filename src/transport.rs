@@ -134,6 +134,11 @@ fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl TransportConfig {
     pub(crate) fn build(&self) -> Result<Transport, InvalidConfig> {
+        if self.connect_timeout == Some(Duration::ZERO) {
+            return Err(InvalidConfig::new(
+                "the connect timeout is zero: every connection to a remote host would fail",
+            ));
+        }
         let mut roots = rustls::RootCertStore::empty();
         if self.webpki_roots {
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
