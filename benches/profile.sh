@@ -6,11 +6,54 @@
 #   target/profile/cg.CASE.out    (callgrind_annotate --inclusive=yes ...)
 #   target/profile/dhat.CASE.json (allocation sites: dh_view.html, or
 #                                  the summary printed below)
+#
+# `./profile.sh --loopback` instead profiles each loopback client at
+# concurrency 64 (about a minute): user-space instructions and heap
+# allocations per request.
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo build --release --bin allocs >/dev/null
+cargo build --release --bins >/dev/null
 out=target/profile
 mkdir -p "$out"
+
+if [ "${1:-}" = "--loopback" ]; then
+  echo "| client | instructions per request | heap allocations per request | bytes allocated per request |"
+  echo "|---|---:|---:|---:|"
+  for k in hyper stack parapet reqwest middleware; do
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg.loop.$k.out" \
+      target/release/loopback --only "$k" --concurrency 64 --runs 1 --secs 3 --warmup 0.5 >/dev/null 2>&1
+    valgrind --tool=dhat --dhat-out-file="$out/dhat.loop.$k.json" \
+      target/release/loopback --only "$k" --concurrency 64 --runs 1 --secs 2 --warmup 0.5 >/dev/null 2>&1
+    python3 - "$k" "$out/cg.loop.$k.out" "$out/dhat.loop.$k.json" <<'PY'
+import json, re, subprocess, sys
+name, cg, dh = sys.argv[1:4]
+# Requests: calls of hyper's dispatch `Sender::try_send`, once per request.
+text = subprocess.run(["callgrind_annotate", "--tree=caller", "--auto=no", "--threshold=100", cg],
+                      capture_output=True, text=True).stdout
+total = int(re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", text).group(1).replace(",", ""))
+lines = text.splitlines()
+n = 0
+for i, l in enumerate(lines):
+    if re.search(r"\*\s+\S*dispatch\.rs:hyper::client::dispatch::Sender<T,U>::try_send \[", l):
+        j = i - 1
+        while j >= 0 and lines[j].strip():
+            m = re.search(r"\(([\d,]+)x\)", lines[j])
+            if m:
+                n += int(m.group(1).replace(",", ""))
+            j -= 1
+        break
+d = json.load(open(dh))
+ftbl = d["ftbl"]
+blocks = sum(p["tbk"] for p in d["pps"])
+nbytes = sum(p["tb"] for p in d["pps"])
+reqs = max(p["tbk"] for p in d["pps"]
+           if any("try_send" in ftbl[f] and "dispatch" in ftbl[f] for f in p["fs"]))
+print(f"| {name} | {total / n:.0f} | {blocks / reqs:.1f} | {nbytes / reqs:.0f} |")
+PY
+  done
+  exit 0
+fi
+
 cases=("$@")
 if [ ${#cases[@]} -eq 0 ]; then
   cases=(bare request_id trace attempt_trace deadline retry throttle rate_limit

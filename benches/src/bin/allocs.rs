@@ -134,9 +134,14 @@ fn main() {
         } else {
             case.future_bytes.to_string()
         };
+        let what = if subscriber {
+            case.what.replace("(no subscriber)", "(fmt subscriber)")
+        } else {
+            case.what.to_owned()
+        };
         println!(
-            "| `{}` | {} | {fmt_ns} | {over} | {allocs_over:.2} | {bytes:.0} | {fut} |",
-            case.name, case.what
+            "| `{}` | {what} | {fmt_ns} | {over} | {allocs_over:.2} | {bytes:.0} | {fut} |",
+            case.name
         );
     }
     println!();
