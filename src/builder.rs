@@ -266,7 +266,9 @@ impl ClientBuilder {
         self
     }
 
-    /// The most idle connections kept per host. Default: 32.
+    /// The most idle connections kept per host. Set it at or above the
+    /// number of calls you make to one host at once, or connections are
+    /// closed and opened again between calls. Default: 256.
     pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
         self.transport.pool_max_idle_per_host = max;
         self

@@ -482,9 +482,15 @@ impl RequestBuilder {
     /// with an error status is not an error here; use
     /// [`Response::error_for_status`].
     pub async fn send(self) -> Result<Response, Error> {
-        let mut client = self.client.clone();
-        let req = self.build()?;
-        let req = client.prepare(req)?;
+        // The builder's own clone of the client is the one that sends: no
+        // second clone of the stack per call.
+        let Self {
+            mut client,
+            parts,
+            body,
+        } = self;
+        let (parts, ()) = parts?.into_parts();
+        let req = client.prepare(Request::from_parts(parts, body))?;
         std::future::poll_fn(|cx| client.stack.poll_ready(cx))
             .await
             .map_err(crate::classify::classify)?;

@@ -116,7 +116,7 @@ impl Default for TransportConfig {
         Self {
             connect_timeout: Some(Duration::from_secs(5)),
             pool_idle_timeout: Some(Duration::from_secs(30)),
-            pool_max_idle_per_host: 32,
+            pool_max_idle_per_host: 256,
             tcp_keepalive: Some(Duration::from_secs(60)),
             tcp_nodelay: true,
             http2: true,
