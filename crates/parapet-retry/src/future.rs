@@ -41,16 +41,24 @@ pin_project! {
     enum State<F, B> {
         // An attempt is in flight.
         Attempt { #[pin] future: F },
-        // Waiting before the next attempt; the discarded response's body is
-        // drained meanwhile.
-        Waiting {
-            #[pin] sleep: Sleep,
-            #[pin] drain: Drain<B>,
-            retry_at: Instant,
-            request: Option<Request<ReplayBody>>,
-        },
-        // Waiting for the service to be ready for the next attempt.
-        Ready { request: Option<Request<ReplayBody>> },
+        // Between two attempts: the wait, then the service's readiness. Out
+        // of line, so that the common case (one attempt) does not carry (and
+        // every layer above does not move) a timer, a response body and a
+        // request; only a call that is retried pays for the box.
+        Between { between: Pin<Box<Between<B>>> },
+    }
+}
+
+pin_project! {
+    struct Between<B> {
+        // Until the next attempt; the discarded response's body is drained
+        // meanwhile.
+        #[pin] sleep: Sleep,
+        #[pin] drain: Drain<B>,
+        retry_at: Instant,
+        // Whether the wait is over (and the service's readiness is awaited).
+        waited: bool,
+        request: Option<Request<ReplayBody>>,
     }
 }
 
@@ -82,6 +90,7 @@ pub(crate) struct RetryState {
 }
 
 impl<S, F, B> ResponseFuture<S, F, B> {
+    #[inline]
     pub(crate) fn new(future: F, call: Call<S>) -> Self {
         Self {
             state: State::Attempt { future },
@@ -94,8 +103,8 @@ impl<S, F, B> fmt::Debug for ResponseFuture<S, F, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Attempt { .. } => "attempt",
-            State::Waiting { .. } => "waiting",
-            State::Ready { .. } => "ready",
+            State::Between { between } if between.waited => "ready",
+            State::Between { .. } => "waiting",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -146,45 +155,45 @@ where
                         Drain::Reading { until, .. } => retry_at.min(*until),
                         Drain::Finished => retry_at,
                     };
-                    this.state.set(State::Waiting {
-                        sleep: sleep_until(wake),
-                        drain,
-                        retry_at,
-                        request: Some(request),
+                    this.state.set(State::Between {
+                        between: Box::pin(Between {
+                            sleep: sleep_until(wake),
+                            drain,
+                            retry_at,
+                            waited: false,
+                            request: Some(request),
+                        }),
                     });
                 }
-                StateProj::Waiting {
-                    mut sleep,
-                    mut drain,
-                    retry_at,
-                    request,
-                } => {
-                    let retry_at = *retry_at;
-                    if let DrainProj::Reading { body, read, .. } = drain.as_mut().project() {
-                        if drain_some(body, read, this.call.shared.policy.drain_max_bytes, cx) {
-                            drain.set(Drain::Finished);
-                            if sleep.deadline() != retry_at {
-                                sleep.as_mut().reset(retry_at);
+                StateProj::Between { between } => {
+                    let b = between.as_mut().project();
+                    if !*b.waited {
+                        let mut sleep = b.sleep;
+                        let mut drain = b.drain;
+                        let retry_at = *b.retry_at;
+                        if let DrainProj::Reading { body, read, .. } = drain.as_mut().project() {
+                            if drain_some(body, read, this.call.shared.policy.drain_max_bytes, cx) {
+                                drain.set(Drain::Finished);
+                                if sleep.deadline() != retry_at {
+                                    sleep.as_mut().reset(retry_at);
+                                }
                             }
                         }
-                    }
-                    ready!(sleep.as_mut().poll(cx));
-                    if matches!(*drain, Drain::Reading { .. }) {
-                        // The drain's time is up: drop the body (and with
-                        // it, for HTTP/1, the connection).
-                        drain.set(Drain::Finished);
-                        if sleep.deadline() < retry_at {
-                            sleep.as_mut().reset(retry_at);
-                            continue;
+                        ready!(sleep.as_mut().poll(cx));
+                        if matches!(*drain, Drain::Reading { .. }) {
+                            // The drain's time is up: drop the body (and with
+                            // it, for HTTP/1, the connection).
+                            drain.set(Drain::Finished);
+                            if sleep.deadline() < retry_at {
+                                sleep.as_mut().reset(retry_at);
+                                continue;
+                            }
                         }
+                        *b.waited = true;
                     }
-                    let request = request.take();
-                    this.state.set(State::Ready { request });
-                }
-                StateProj::Ready { request } => {
                     ready!(this.call.service.poll_ready(cx)).map_err(Into::into)?;
-                    let Some(request) = request.take() else {
-                        // NOTE: `Ready` always holds a request until it
+                    let Some(request) = b.request.take() else {
+                        // NOTE: `Between` always holds a request until it
                         // calls the service and moves on; only a poll after
                         // completion gets here.
                         return Poll::Ready(Err("retry future polled after completion".into()));
@@ -227,7 +236,13 @@ fn drain_some<B: Body>(
 /// The host a budget is kept for: the authority without user information.
 pub(crate) fn host_of(uri: &Uri) -> &str {
     uri.authority().map_or("", |a| {
-        a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h)
+        let a = a.as_str();
+        // A plain loop: the authority is a few bytes, and `rsplit_once`'s
+        // `memrchr` costs more than it saves on so short a string.
+        match a.bytes().rposition(|b| b == b'@') {
+            Some(at) => a.get(at + 1..).unwrap_or(""),
+            None => a,
+        }
     })
 }
 

@@ -83,34 +83,37 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let policy = &self.shared.policy;
-        let max = policy.max_attempts;
+        let shared = Arc::clone(&self.shared);
+        let max = shared.policy.max_attempts;
         let (mut parts, body) = req.into_parts();
-        let body = ReplayBody::new(body, policy.replay_cap);
-        // The ready service makes this call; its clone stays for the next.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
-        let retry = (max > 1).then(|| {
+        let body = ReplayBody::new(body, shared.policy.replay_cap);
+        let retry = if max > 1 {
             let now = Instant::now();
-            if let Some(budgets) = &self.shared.budgets {
+            if let Some(budgets) = &shared.budgets {
                 budgets.deposit(host_of(&parts.uri), now);
             }
-            RetryState {
-                // NOTE: the one copy of the request head a call makes.
+            Some(RetryState {
+                // NOTE: the one copy of the request head a call makes (the
+                // inner service consumes the request; a retry sends a copy).
                 parts: parts.clone(),
                 body: body.try_replay(),
                 attempt: 1,
                 started: now,
                 previous_delay: Duration::ZERO,
-            }
-        });
+            })
+        } else {
+            None
+        };
         parts.extensions.insert(Attempt::new(1, max));
+        // The ready service makes this call; its clone stays for the next.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
         let future = service.call(Request::from_parts(parts, body));
         ResponseFuture::new(
             future,
             Call {
                 service,
-                shared: Arc::clone(&self.shared),
+                shared,
                 retry,
             },
         )
@@ -162,6 +165,18 @@ mod tests {
         assert_eq!(retry.into_inner(), 8);
         let layer = Retry::<u8>::layer(RetryPolicy::default());
         assert_eq!(layer.policy().max_attempts(), 3);
+    }
+
+    #[test]
+    fn the_common_future_carries_no_wait_state() {
+        // One attempt that succeeds is the common case: its future holds the
+        // attempt's future, the service, the policy and the copy of the
+        // request head, and nothing for the wait between attempts (a timer,
+        // a response body, a request), which is boxed when a retry happens.
+        type F = std::future::Ready<Result<Response<String>, Infallible>>;
+        let size = size_of::<ResponseFuture<(), F, String>>();
+        let parts = size_of::<RetryState>();
+        assert!(size <= size_of::<F>() + parts + 32, "{size} bytes");
     }
 
     #[tokio::test]
