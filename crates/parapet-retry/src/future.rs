@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Buf;
 use http::header::RETRY_AFTER;
-use http::{Request, Response, StatusCode, Uri, request::Parts};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, request::Parts};
 use http_body::Body;
 use parapet_core::{Attempt, BoxError, Deadline, ReplayBody, ReplayError, far_future, retry_after};
 use pin_project_lite::pin_project;
@@ -80,13 +80,59 @@ pub(crate) struct Call<S> {
 
 pub(crate) struct RetryState {
     /// The request head as this layer received it; each attempt gets a copy.
+    /// Its headers are in `headers` until a retry is first considered.
     pub(crate) parts: Parts,
+    /// The request's headers, as a list: copying them so takes one
+    /// allocation where cloning a `HeaderMap` takes two, and most calls
+    /// never need them again. Moved into `parts.headers` by
+    /// [`restore_headers`](Self::restore_headers).
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// A handle on the body's recording, from which each attempt replays.
     pub(crate) body: Result<ReplayBody, ReplayError>,
     /// The number of the attempt in flight, from 1.
     pub(crate) attempt: u32,
     pub(crate) started: Instant,
     pub(crate) previous_delay: Duration,
+}
+
+impl RetryState {
+    /// A copy of `head` (all of it: method, URI, version, headers and every
+    /// extension) for the attempts after the first.
+    pub(crate) fn new(
+        head: &Parts,
+        body: Result<ReplayBody, ReplayError>,
+        started: Instant,
+    ) -> Self {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = head.method.clone();
+        parts.uri = head.uri.clone();
+        parts.version = head.version;
+        parts.extensions = head.extensions.clone();
+        let mut headers = Vec::with_capacity(head.headers.len());
+        headers.extend(head.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Self {
+            parts,
+            headers,
+            body,
+            attempt: 1,
+            started,
+            previous_delay: Duration::ZERO,
+        }
+    }
+
+    /// Puts the headers back in `parts` (once; later calls do nothing).
+    /// Names keep their order, and each name its values' order.
+    fn restore_headers(&mut self) {
+        if self.headers.is_empty() {
+            return;
+        }
+        let list = std::mem::take(&mut self.headers);
+        let map = &mut self.parts.headers;
+        map.reserve(list.len());
+        for (name, value) in list {
+            map.append(name, value);
+        }
+    }
 }
 
 impl<S, F, B> ResponseFuture<S, F, B> {
@@ -301,6 +347,7 @@ impl<S> Call<S> {
             (_, None, Some(e)) if request_never_sent(e) => Reason::NotSent,
             (_, None, Some(_)) => Reason::Error,
         };
+        rs.restore_headers();
         let method = &rs.parts.method;
         let host = host_of(&rs.parts.uri);
         let attempt = rs.attempt;
@@ -445,6 +492,8 @@ mod tests {
         attempt: Option<Attempt>,
         body: Bytes,
         key: Option<HeaderValue>,
+        headers: HeaderMap,
+        extensions: http::Extensions,
     }
 
     type Reply = Result<Response<TestBody>, BoxError>;
@@ -502,6 +551,8 @@ mod tests {
                         attempt: Attempt::get(&parts.extensions),
                         body,
                         key: parts.headers.get(IDEMPOTENCY_KEY).cloned(),
+                        headers: parts.headers.clone(),
+                        extensions: parts.extensions.clone(),
                     });
                     seen.len() - 1
                 };
@@ -625,6 +676,36 @@ mod tests {
             [Attempt::new(1, 3), Attempt::new(2, 3), Attempt::new(3, 3)]
         );
         assert!(seen.iter().all(|s| s.method == Method::GET));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_attempt_carries_the_same_headers_and_extensions() {
+        #[derive(Debug, Clone, PartialEq)]
+        struct Marker(&'static str);
+
+        let stub = Stub::statuses(&[503, 503, 200]);
+        let mut req = Request::get("http://api.test/items")
+            .header("x-a", "1")
+            .header("accept", "text/plain")
+            .header("x-a", "2")
+            .header("x-custom-name", "v")
+            .header("x-a", "3")
+            .body(ReplayBody::empty())
+            .unwrap();
+        req.extensions_mut().insert(Marker("mine"));
+        let sent = req.headers().clone();
+        let res = send(plain(), &stub, req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 3);
+        for s in &seen {
+            assert_eq!(s.headers, sent);
+            let a: Vec<_> = s.headers.get_all("x-a").iter().collect();
+            assert_eq!(a, ["1", "2", "3"]);
+            let names: Vec<_> = s.headers.keys().map(HeaderName::as_str).collect();
+            assert_eq!(names, ["x-a", "accept", "x-custom-name"]);
+            assert_eq!(s.extensions.get::<Marker>(), Some(&Marker("mine")));
+        }
     }
 
     #[tokio::test(start_paused = true)]

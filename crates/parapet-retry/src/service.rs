@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
@@ -92,15 +91,9 @@ where
             if let Some(budgets) = &shared.budgets {
                 budgets.deposit(host_of(&parts.uri), now);
             }
-            Some(RetryState {
-                // NOTE: the one copy of the request head a call makes (the
-                // inner service consumes the request; a retry sends a copy).
-                parts: parts.clone(),
-                body: body.try_replay(),
-                attempt: 1,
-                started: now,
-                previous_delay: Duration::ZERO,
-            })
+            // NOTE: the one copy of the request head a call makes (the inner
+            // service consumes the request; a retry sends a copy).
+            Some(RetryState::new(&parts, body.try_replay(), now))
         } else {
             None
         };
