@@ -98,22 +98,19 @@ pub(crate) struct RetryState {
 impl RetryState {
     /// A copy of `head` (all of it: method, URI, version, headers and every
     /// extension) for the attempts after the first.
-    pub(crate) fn new(
-        head: &Parts,
-        body: Result<ReplayBody, ReplayError>,
-        started: Instant,
-    ) -> Self {
+    #[inline]
+    pub(crate) fn new(head: &Request<ReplayBody>, started: Instant) -> Self {
         let (mut parts, ()) = Request::new(()).into_parts();
-        parts.method = head.method.clone();
-        parts.uri = head.uri.clone();
-        parts.version = head.version;
-        parts.extensions = head.extensions.clone();
-        let mut headers = Vec::with_capacity(head.headers.len());
-        headers.extend(head.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        parts.method = head.method().clone();
+        parts.uri = head.uri().clone();
+        parts.version = head.version();
+        parts.extensions = head.extensions().clone();
+        let mut headers = Vec::with_capacity(head.headers().len());
+        headers.extend(head.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
         Self {
             parts,
             headers,
-            body,
+            body: head.body().try_replay(),
             attempt: 1,
             started,
             previous_delay: Duration::ZERO,
@@ -283,13 +280,34 @@ fn drain_some<B: Body>(
 pub(crate) fn host_of(uri: &Uri) -> &str {
     uri.authority().map_or("", |a| {
         let a = a.as_str();
-        // A plain loop: the authority is a few bytes, and `rsplit_once`'s
-        // `memrchr` costs more than it saves on so short a string.
+        // Almost no authority has user information: look for an `@` eight
+        // bytes at a time, and search backwards only when there is one.
+        if !has_at(a.as_bytes()) {
+            return a;
+        }
         match a.bytes().rposition(|b| b == b'@') {
             Some(at) => a.get(at + 1..).unwrap_or(""),
             None => a,
         }
     })
+}
+
+/// Whether `bytes` holds an `@`.
+fn has_at(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const ATS: u64 = u64::from_ne_bytes([b'@'; 8]);
+    let mut rest = bytes;
+    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
+        // A byte of `x` is zero where the byte was `@`; the classic test
+        // for a zero byte has no false positives as a yes/no answer.
+        let x = u64::from_ne_bytes(*word) ^ ATS;
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            return true;
+        }
+        rest = tail;
+    }
+    rest.contains(&b'@')
 }
 
 /// Why an attempt is retried.
@@ -1231,6 +1249,44 @@ mod tests {
     fn hosts_drop_user_information() {
         let uri: Uri = "http://user:secret@api.test:8080/x".parse().unwrap();
         assert_eq!(host_of(&uri), "api.test:8080");
+        for (authority, host) in [
+            ("a", "a"),
+            ("@h", "h"),
+            ("u@h", "h"),
+            ("user:pw@api.example.com:443", "api.example.com:443"),
+            ("abcdefg@h", "h"),
+            ("abcdefgh@h", "h"),
+            (
+                "abcdefghijklmno@hostname.example:8080",
+                "hostname.example:8080",
+            ),
+            ("a@b@c.example", "c.example"),
+            (
+                "a.very.long.host.name.example.com:8443",
+                "a.very.long.host.name.example.com:8443",
+            ),
+            ("\u{7f}\u{80}", "\u{7f}\u{80}"),
+        ] {
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query("/")
+                .build();
+            let Ok(uri) = uri else { continue };
+            assert_eq!(host_of(&uri), host, "{authority}");
+        }
+        for len in 0..40 {
+            for at in 0..len {
+                let mut bytes = vec![b'x'; len];
+                assert!(!has_at(&bytes));
+                bytes[at] = b'@';
+                assert!(has_at(&bytes), "{len} {at}");
+                bytes[at] = b'@' ^ 0x80;
+                assert!(!has_at(&bytes), "{len} {at}");
+                bytes[at] = b'A';
+                assert!(!has_at(&bytes), "{len} {at}");
+            }
+        }
         assert_eq!(host_of(&"/relative".parse().unwrap()), "");
     }
 

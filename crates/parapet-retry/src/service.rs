@@ -84,24 +84,23 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         let max = shared.policy.max_attempts;
-        let (mut parts, body) = req.into_parts();
-        let body = ReplayBody::new(body, shared.policy.replay_cap);
+        let mut req = req.map(|body| ReplayBody::new(body, shared.policy.replay_cap));
         let retry = if max > 1 {
             let now = Instant::now();
             if let Some(budgets) = &shared.budgets {
-                budgets.deposit(host_of(&parts.uri), now);
+                budgets.deposit(host_of(req.uri()), now);
             }
             // NOTE: the one copy of the request head a call makes (the inner
             // service consumes the request; a retry sends a copy).
-            Some(RetryState::new(&parts, body.try_replay(), now))
+            Some(RetryState::new(&req, now))
         } else {
             None
         };
-        parts.extensions.insert(Attempt::new(1, max));
+        req.extensions_mut().insert(Attempt::new(1, max));
         // The ready service makes this call; its clone stays for the next.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
-        let future = service.call(Request::from_parts(parts, body));
+        let future = service.call(req);
         ResponseFuture::new(
             future,
             Call {
