@@ -688,10 +688,12 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
         let seen = stub.seen();
         assert_eq!(seen.len(), 3);
-        let attempts: Vec<_> = seen.iter().map(|s| s.attempt.unwrap()).collect();
+        // The first attempt carries no `Attempt` (absence means attempt 1);
+        // each retry carries its number.
+        let attempts: Vec<_> = seen.iter().map(|s| s.attempt).collect();
         assert_eq!(
             attempts,
-            [Attempt::new(1, 3), Attempt::new(2, 3), Attempt::new(3, 3)]
+            [None, Some(Attempt::new(2, 3)), Some(Attempt::new(3, 3))]
         );
         assert!(seen.iter().all(|s| s.method == Method::GET));
     }
@@ -736,6 +738,27 @@ mod tests {
         let stub = Stub::statuses(&[503]);
         send(plain().max_attempts(1), &stub, get()).await.unwrap();
         assert_eq!(stub.seen().len(), 1);
+        assert_eq!(stub.seen()[0].attempt, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outer_attempt_is_replaced_on_every_attempt() {
+        // A request that arrives with an `Attempt` (an outer retry layer's)
+        // carries this layer's instead, from the first attempt on.
+        let stub = Stub::statuses(&[503, 200]);
+        let mut req = get();
+        req.extensions_mut().insert(Attempt::new(3, 4));
+        send(plain().max_attempts(2), &stub, req).await.unwrap();
+        let attempts: Vec<_> = stub.seen().iter().map(|s| s.attempt).collect();
+        assert_eq!(
+            attempts,
+            [Some(Attempt::new(1, 2)), Some(Attempt::new(2, 2))]
+        );
+
+        let stub = Stub::statuses(&[200]);
+        let mut req = get();
+        req.extensions_mut().insert(Attempt::new(3, 4));
+        send(plain().max_attempts(1), &stub, req).await.unwrap();
         assert_eq!(stub.seen()[0].attempt, Some(Attempt::new(1, 1)));
     }
 

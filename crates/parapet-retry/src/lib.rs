@@ -79,8 +79,14 @@
 //!
 //! A response discarded for a retry has its body read (up to 4 KiB, for at
 //! most 100 ms, while the wait runs) so its connection can go back to the
-//! pool, or is dropped. Each attempt's request carries an
-//! [`Attempt`](parapet_core::Attempt) extension.
+//! pool, or is dropped.
+//!
+//! Each retry's request carries an [`Attempt`](parapet_core::Attempt)
+//! extension (number 2, 3, ... and the maximum). The first attempt carries
+//! none: its absence means attempt 1, as parapet-trace reads it
+//! (`http.request.resend_count` 0). A request that arrives with an
+//! `Attempt` (an outer retry layer's) has it replaced by attempt 1 of this
+//! layer. Every extension the request arrived with reaches every attempt.
 //!
 //! # Trace events
 //!
@@ -119,24 +125,36 @@
 //! # Cost per call
 //!
 //! The future is not boxed and holds the inner service (cloned once per
-//! call, as tower's `Retry` does). On the common path (one attempt that
+//! call, as tower's `Retry` does). What only a retry needs (the timer, the
+//! discarded response's body being drained, the next request) is boxed when
+//! a retry happens, so the future of a call that is not retried is the
+//! inner future plus about 370 bytes. On the common path (one attempt that
 //! succeeds) a call allocates:
 //!
-//! - one copy of the request head, so that it can be sent again: the
-//!   `HeaderMap`'s two tables and, when the request carries extensions, their
-//!   map and one box per extension (header values and the URI are `Bytes`,
-//!   shared by reference count, not copied);
-//! - the [`Attempt`](parapet_core::Attempt) extension (a box, plus the
-//!   extensions map when the request had none);
+//! - one copy of the request head, so that it can be sent again: one
+//!   allocation for the headers (kept as a list, and turned back into a
+//!   `HeaderMap` only when a retry is considered) and, when the request
+//!   carries extensions, their map (two allocations) and one box per
+//!   extension (header values and the URI are `Bytes`, shared by reference
+//!   count, not copied);
 //! - for a request body that is not already a
 //!   [`ReplayBody`](parapet_core::ReplayBody) and not already at its end,
 //!   the `ReplayBody`'s box and shared recording (frames are kept by
 //!   reference count, up to the cap). Pass `ReplayBody::from(bytes)` for a
 //!   body in memory: it replays with no copy, no recording and no cap.
 //!
-//! The budget takes one short lock per call and one per retry decision.
-//! With [`max_attempts(1)`](RetryPolicyBuilder::max_attempts) there is no
-//! copy of the head and no budget bookkeeping.
+//! So a GET with headers, no extensions and an empty body costs one
+//! allocation; below parapet-timeout's `DeadlineLayer`, whose `Deadline` is
+//! an extension, four. The budget takes one short,
+//! uncontended lock per call (a lookup by the host's name, with a fast
+//! non-cryptographic hash) and one per retry decision. With
+//! [`max_attempts(1)`](RetryPolicyBuilder::max_attempts) there is no copy
+//! of the head and no budget bookkeeping.
+//!
+//! Measured (`benches/`, `cargo bench --bench layers -- retry`, over an
+//! always-ready service on the 2-vCPU machine of `BENCHMARKS.md`): about
+//! 130 ns over the bare service and one allocation per call, and a
+//! 512-byte future over a 144-byte inner one.
 //!
 //! # Features
 //!

@@ -96,7 +96,13 @@ where
         } else {
             None
         };
-        req.extensions_mut().insert(Attempt::new(1, max));
+        // The first attempt carries no `Attempt` (every reader takes its
+        // absence for attempt 1, and inserting into an empty map costs three
+        // allocations), unless the request came with one, from an outer
+        // retry layer: that one would be wrong here, so it is replaced.
+        if Attempt::get(req.extensions()).is_some() {
+            req.extensions_mut().insert(Attempt::new(1, max));
+        }
         // The ready service makes this call; its clone stays for the next.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
