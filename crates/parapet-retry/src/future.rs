@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Buf;
 use http::header::RETRY_AFTER;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, request::Parts};
+use http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
+    Version,
+};
 use http_body::Body;
 use parapet_core::{Attempt, BoxError, Deadline, ReplayBody, ReplayError, far_future, retry_after};
 use pin_project_lite::pin_project;
@@ -79,20 +82,26 @@ pub(crate) struct Call<S> {
 }
 
 pub(crate) struct RetryState {
-    /// The request head as this layer received it; each attempt gets a copy.
-    /// Its headers are in `headers` until a retry is first considered.
-    pub(crate) parts: Parts,
+    // The request head as this layer received it; each retry gets a copy.
+    // Kept as its fields rather than a `Parts` (whose `HeaderMap` is 96
+    // bytes): the future of every call carries this.
+    method: Method,
+    uri: Uri,
+    version: Version,
     /// The request's headers, as a list: copying them so takes one
     /// allocation where cloning a `HeaderMap` takes two, and most calls
-    /// never need them again. Moved into `parts.headers` by
+    /// never need them again. Moved into `header_map` by
     /// [`restore_headers`](Self::restore_headers).
-    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    header_list: Vec<(HeaderName, HeaderValue)>,
+    /// The headers as a map, once a retry has been considered.
+    header_map: Option<Box<HeaderMap>>,
+    extensions: Extensions,
     /// A handle on the body's recording, from which each attempt replays.
-    pub(crate) body: Result<ReplayBody, ReplayError>,
+    body: Result<ReplayBody, ReplayError>,
     /// The number of the attempt in flight, from 1.
     pub(crate) attempt: u32,
-    pub(crate) started: Instant,
-    pub(crate) previous_delay: Duration,
+    started: Instant,
+    previous_delay: Duration,
 }
 
 impl RetryState {
@@ -100,16 +109,15 @@ impl RetryState {
     /// extension) for the attempts after the first.
     #[inline]
     pub(crate) fn new(head: &Request<ReplayBody>, started: Instant) -> Self {
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.method = head.method().clone();
-        parts.uri = head.uri().clone();
-        parts.version = head.version();
-        parts.extensions = head.extensions().clone();
-        let mut headers = Vec::with_capacity(head.headers().len());
-        headers.extend(head.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut header_list = Vec::with_capacity(head.headers().len());
+        header_list.extend(head.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
         Self {
-            parts,
-            headers,
+            method: head.method().clone(),
+            uri: head.uri().clone(),
+            version: head.version(),
+            header_list,
+            header_map: None,
+            extensions: head.extensions().clone(),
             body: head.body().try_replay(),
             attempt: 1,
             started,
@@ -117,18 +125,33 @@ impl RetryState {
         }
     }
 
-    /// Puts the headers back in `parts` (once; later calls do nothing).
+    /// Turns the header list into a map (once; later calls do nothing).
     /// Names keep their order, and each name its values' order.
     fn restore_headers(&mut self) {
-        if self.headers.is_empty() {
+        if self.header_map.is_some() {
             return;
         }
-        let list = std::mem::take(&mut self.headers);
-        let map = &mut self.parts.headers;
-        map.reserve(list.len());
+        let list = std::mem::take(&mut self.header_list);
+        let mut map = HeaderMap::with_capacity(list.len());
         for (name, value) in list {
             map.append(name, value);
         }
+        self.header_map = Some(Box::new(map));
+    }
+
+    /// The request for the next attempt (after
+    /// [`restore_headers`](Self::restore_headers)).
+    fn request(&self, body: ReplayBody, max: u32) -> Request<ReplayBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        if let Some(map) = &self.header_map {
+            req.headers_mut().clone_from(map);
+        }
+        *req.extensions_mut() = self.extensions.clone();
+        req.extensions_mut().insert(Attempt::new(self.attempt, max));
+        req
     }
 }
 
@@ -346,8 +369,8 @@ impl<S> Call<S> {
             Err(e) => (None, None, Some(&**e as &(dyn Error + 'static))),
         };
         let outcome = Outcome {
-            method: &rs.parts.method,
-            uri: &rs.parts.uri,
+            method: &rs.method,
+            uri: &rs.uri,
             status,
             headers,
             error,
@@ -366,8 +389,8 @@ impl<S> Call<S> {
             (_, None, Some(_)) => Reason::Error,
         };
         rs.restore_headers();
-        let method = &rs.parts.method;
-        let host = host_of(&rs.parts.uri);
+        let method = &rs.method;
+        let host = host_of(&rs.uri);
         let attempt = rs.attempt;
         // The server's wait, on a status whose Retry-After is obeyed; a
         // malformed value is `None` (plain backoff).
@@ -387,10 +410,11 @@ impl<S> Call<S> {
             }))
         };
 
-        let idempotent =
-            policy
-                .idempotency
-                .classify(method, &rs.parts.headers, &rs.parts.extensions);
+        let no_headers = HeaderMap::new();
+        let request_headers = rs.header_map.as_deref().unwrap_or(&no_headers);
+        let idempotent = policy
+            .idempotency
+            .classify(method, request_headers, &rs.extensions);
         if !idempotent && reason != Reason::NotSent {
             tracing::debug!(%method, host, attempt, %reason, error = error.map(tracing::field::display), "not retrying: the request is not idempotent");
             return stop(NotRetriedReason::NotIdempotent);
@@ -413,7 +437,7 @@ impl<S> Call<S> {
         };
 
         let now = Instant::now();
-        let mut limit = Deadline::get(&rs.parts.extensions).map(Deadline::instant);
+        let mut limit = Deadline::get(&rs.extensions).map(Deadline::instant);
         if let Some(max) = policy.max_elapsed {
             let end = rs
                 .started
@@ -466,12 +490,9 @@ impl<S> Call<S> {
             delay_source = source,
             "retrying request"
         );
-        let mut parts = rs.parts.clone();
-        parts
-            .extensions
-            .insert(Attempt::new(rs.attempt, policy.max_attempts));
+        let request = rs.request(body, policy.max_attempts);
         let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
-        Ok((at, Request::from_parts(parts, body)))
+        Ok((at, request))
     }
 }
 
@@ -511,7 +532,7 @@ mod tests {
         body: Bytes,
         key: Option<HeaderValue>,
         headers: HeaderMap,
-        extensions: http::Extensions,
+        extensions: Extensions,
     }
 
     type Reply = Result<Response<TestBody>, BoxError>;
