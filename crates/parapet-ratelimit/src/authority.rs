@@ -1,137 +1,420 @@
-//! Keying by authority (scheme, host, port) and the sweeping of idle keys.
+//! Keying by authority (scheme, host, port), the maps' hasher, and the
+//! sweeping of idle keys.
 
+use std::borrow::Borrow;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use http::Request;
 use http::uri::{self, Scheme};
+use http::{HeaderValue, Request};
+
+/// A request's scheme, as far as keys care.
+#[derive(Clone, Copy)]
+enum SchemeRef<'a> {
+    None,
+    Http,
+    Https,
+    Other(&'a str),
+}
+
+impl<'a> SchemeRef<'a> {
+    fn of(scheme: Option<&'a Scheme>) -> Self {
+        match scheme {
+            None => Self::None,
+            Some(s) if *s == Scheme::HTTP => Self::Http,
+            Some(s) if *s == Scheme::HTTPS => Self::Https,
+            Some(s) => Self::Other(s.as_str()),
+        }
+    }
+
+    const fn default_port(self) -> u16 {
+        match self {
+            Self::Https => 443,
+            Self::Http | Self::None => 80,
+            Self::Other(_) => 0,
+        }
+    }
+
+    const fn tag(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Http => 1,
+            Self::Https => 2,
+            Self::Other(_) => 3,
+        }
+    }
+
+    fn as_str(self) -> &'a str {
+        match self {
+            Self::None => "",
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Other(s) => s,
+        }
+    }
+}
 
 /// Where a request goes: scheme, host (compared without regard to ASCII
-/// case) and port (the scheme's default when the URI names none).
+/// case) and port (the scheme's default when the URI names none), borrowed
+/// from the request.
 ///
-/// Built from a request without allocating: it holds a reference-counted
-/// clone of the request's URI authority and reads the host from it on
-/// demand. [`Clone`] makes a compact owned copy instead (host only, never
-/// the userinfo), which is what the maps keep, so a stored key neither pins
-/// the request's buffers nor retains credentials.
-pub(crate) struct Authority {
-    scheme: SchemeKind,
-    host: Host,
+/// Made by one short scan of the authority string, without allocating;
+/// the maps are looked up with it directly (see [`AuthorityKey`]), and only
+/// an authority seen for the first time is copied ([`Authority`]).
+#[derive(Clone, Copy)]
+pub(crate) struct AuthorityRef<'a> {
+    scheme: SchemeRef<'a>,
+    host: &'a str,
     port: u16,
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum SchemeKind {
+impl<'a> AuthorityRef<'a> {
+    /// The authority a request is addressed to: its URI's, or its `Host`
+    /// header's when the URI is relative, or "none" when it has neither.
+    pub(crate) fn of<B>(req: &'a Request<B>) -> Self {
+        let uri = req.uri();
+        let scheme = SchemeRef::of(uri.scheme());
+        let authority = match uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
+        };
+        Self::parse(scheme, authority)
+    }
+
+    fn parse(scheme: SchemeRef<'a>, authority: Option<&'a str>) -> Self {
+        let Some(authority) = authority else {
+            return Self {
+                scheme,
+                host: "",
+                port: 0,
+            };
+        };
+        // Never the userinfo: it is not part of the key, and may carry
+        // credentials.
+        let host_port = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host_port)| host_port);
+        let (host, port) = if host_port.starts_with('[') {
+            // An IPv6 literal: the port, if any, follows the bracket.
+            match host_port.split_once(']') {
+                Some((ip, rest)) => (
+                    host_port.get(..=ip.len()).unwrap_or(host_port),
+                    rest.strip_prefix(':'),
+                ),
+                None => (host_port, None),
+            }
+        } else {
+            match host_port.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            }
+        };
+        let port = port
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(scheme.default_port());
+        Self { scheme, host, port }
+    }
+
+    /// An owned copy for a map to keep: the host lowercased, nothing else.
+    pub(crate) fn to_owned(self) -> Authority {
+        Authority {
+            scheme: match self.scheme {
+                SchemeRef::None => SchemeOwned::None,
+                SchemeRef::Http => SchemeOwned::Http,
+                SchemeRef::Https => SchemeOwned::Https,
+                SchemeRef::Other(s) => SchemeOwned::Other(s.to_ascii_lowercase().into()),
+            },
+            host: self.host.to_ascii_lowercase().into(),
+            port: self.port,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn host(&self) -> &'a str {
+        self.host
+    }
+
+    #[cfg(test)]
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl PartialEq for AuthorityRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.port == other.port
+            && self.scheme.tag() == other.scheme.tag()
+            && eq_ignore_case(self.host, other.host)
+            && eq_ignore_case(self.scheme.as_str(), other.scheme.as_str())
+    }
+}
+
+impl Eq for AuthorityRef<'_> {}
+
+impl Hash for AuthorityRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // One word for scheme and port, then the host, case-folded.
+        state.write_u64(u64::from(self.scheme.tag()) << 16 | u64::from(self.port));
+        hash_folded(self.host, state);
+        if let SchemeRef::Other(s) = self.scheme {
+            hash_folded(s, state);
+        }
+    }
+}
+
+impl fmt::Debug for AuthorityRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.scheme {
+            SchemeRef::None => write!(f, "{}:{}", self.host, self.port),
+            s => write!(f, "{}://{}:{}", s.as_str(), self.host, self.port),
+        }
+    }
+}
+
+fn eq_ignore_case(a: &str, b: &str) -> bool {
+    // The common case (both lowercase, as written) is a plain comparison.
+    a == b || a.eq_ignore_ascii_case(b)
+}
+
+/// Hashes `s` eight bytes at a time with every byte's 0x20 bit set, which
+/// maps ASCII upper case onto lower case (and merges a few punctuation pairs
+/// that hosts never tell apart anyway): equal keys hash equally, without
+/// lowercasing into a buffer.
+fn hash_folded<H: Hasher>(s: &str, state: &mut H) {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let bytes = s.as_bytes();
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        state.write_u64(u64::from_le_bytes(word) | FOLD);
+    }
+    let rest = chunks.remainder();
+    let mut word = [0u8; 8];
+    if let Some(head) = word.get_mut(..rest.len()) {
+        head.copy_from_slice(rest);
+    }
+    // The length goes into the last word, so "a" and "a\0" differ.
+    state.write_u64((u64::from_le_bytes(word) | FOLD) ^ (bytes.len() as u64) << 56);
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum SchemeOwned {
     None,
     Http,
     Https,
     Other(Box<str>),
 }
 
-enum Host {
-    /// The request's own authority (`userinfo@host:port`); `host()` on demand.
-    Shared(uri::Authority),
-    /// A lowercase copy of the host alone.
-    Owned(Box<str>),
+/// An [`AuthorityRef`] that a map keeps: a compact owned copy (scheme, the
+/// host lowercased, port), never the userinfo, so that a stored key neither
+/// pins a request's buffers nor retains credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Authority {
+    scheme: SchemeOwned,
+    host: Box<str>,
+    port: u16,
 }
 
 impl Authority {
-    /// The authority a request is addressed to: its URI's, or its `Host`
-    /// header's when the URI is relative, or "none" when it has neither.
-    pub(crate) fn of<B>(req: &Request<B>) -> Self {
-        let uri = req.uri();
-        let scheme = match uri.scheme() {
-            None => SchemeKind::None,
-            Some(s) if *s == Scheme::HTTP => SchemeKind::Http,
-            Some(s) if *s == Scheme::HTTPS => SchemeKind::Https,
-            Some(s) => SchemeKind::Other(s.as_str().to_ascii_lowercase().into_boxed_str()),
-        };
-        let authority = uri.authority().cloned().or_else(|| {
-            let host = req.headers().get(http::header::HOST)?;
-            uri::Authority::try_from(host.as_bytes()).ok()
-        });
-        let Some(authority) = authority else {
-            return Self {
-                scheme,
-                host: Host::Owned(Box::from("")),
-                port: 0,
-            };
-        };
-        let port = authority.port_u16().unwrap_or(match scheme {
-            SchemeKind::Https => 443,
-            SchemeKind::Http | SchemeKind::None => 80,
-            SchemeKind::Other(_) => 0,
-        });
-        Self {
-            scheme,
-            host: Host::Shared(authority),
-            port,
-        }
-    }
-
-    fn host(&self) -> &str {
-        match &self.host {
-            Host::Shared(a) => a.host(),
-            Host::Owned(h) => h,
-        }
-    }
-}
-
-impl Clone for Authority {
-    fn clone(&self) -> Self {
-        Self {
-            scheme: self.scheme.clone(),
-            host: Host::Owned(self.host().to_ascii_lowercase().into_boxed_str()),
+    fn as_ref(&self) -> AuthorityRef<'_> {
+        AuthorityRef {
+            scheme: match &self.scheme {
+                SchemeOwned::None => SchemeRef::None,
+                SchemeOwned::Http => SchemeRef::Http,
+                SchemeOwned::Https => SchemeRef::Https,
+                SchemeOwned::Other(s) => SchemeRef::Other(s),
+            },
+            host: &self.host,
             port: self.port,
         }
     }
 }
 
-impl PartialEq for Authority {
-    fn eq(&self, other: &Self) -> bool {
-        self.port == other.port
-            && self.scheme == other.scheme
-            && self.host().eq_ignore_ascii_case(other.host())
-    }
-}
-
-impl Eq for Authority {}
-
 impl Hash for Authority {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.scheme.hash(state);
-        self.port.hash(state);
-        // Hash the lowercase host in fixed-size chunks, the same way for both
-        // representations, so that equal keys hash equally without allocating.
-        let mut buf = [0u8; 32];
-        for chunk in self.host().as_bytes().chunks(buf.len()) {
-            let out = buf.get_mut(..chunk.len()).unwrap_or_default();
-            for (o, c) in out.iter_mut().zip(chunk) {
-                *o = c.to_ascii_lowercase();
-            }
-            state.write(out);
-        }
-        state.write_u8(0xff);
+        self.as_ref().hash(state);
     }
 }
 
 impl fmt::Debug for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the userinfo: it may carry credentials.
-        let scheme = match &self.scheme {
-            SchemeKind::None => "",
-            SchemeKind::Http => "http://",
-            SchemeKind::Https => "https://",
-            SchemeKind::Other(s) => {
-                return write!(f, "{s}://{}:{}", self.host(), self.port);
-            }
-        };
-        write!(f, "{scheme}{}:{}", self.host(), self.port)
+        self.as_ref().fmt(f)
     }
 }
+
+/// What a map keyed by [`Authority`] can be looked up with: an owned key or
+/// one borrowed from a request, so that a lookup allocates nothing.
+///
+/// (`HashMap::get` wants `&Q` where the key type is `Borrow<Q>`; a trait
+/// object lets the owned key lend itself as the same `Q` a request's
+/// borrowed parts are.)
+pub(crate) trait AuthorityKey {
+    fn parts(&self) -> AuthorityRef<'_>;
+}
+
+impl AuthorityKey for AuthorityRef<'_> {
+    fn parts(&self) -> AuthorityRef<'_> {
+        *self
+    }
+}
+
+impl AuthorityKey for Authority {
+    fn parts(&self) -> AuthorityRef<'_> {
+        self.as_ref()
+    }
+}
+
+impl PartialEq for dyn AuthorityKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn AuthorityKey + '_ {}
+
+impl Hash for dyn AuthorityKey + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl<'a> Borrow<dyn AuthorityKey + 'a> for Authority {
+    fn borrow(&self) -> &(dyn AuthorityKey + 'a) {
+        self
+    }
+}
+
+/// A request's authority kept for later (the throttle reads the response's
+/// signals after the request is gone): reference-counted clones of the
+/// request's own authority bytes, parsed only when used.
+#[derive(Clone)]
+pub(crate) struct Target {
+    scheme: Option<Scheme>,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    None,
+    Uri(uri::Authority),
+    Host(HeaderValue),
+}
+
+impl Target {
+    /// Captures where `req` goes, without allocating for `http`/`https`
+    /// (cloning a `Scheme`, an `Authority` or a `HeaderValue` of a request
+    /// only bumps a reference count).
+    pub(crate) fn of<B>(req: &Request<B>) -> Self {
+        let uri = req.uri();
+        let source = match uri.authority() {
+            Some(a) => Source::Uri(a.clone()),
+            None => match req.headers().get(http::header::HOST) {
+                Some(h) => Source::Host(h.clone()),
+                None => Source::None,
+            },
+        };
+        Self {
+            scheme: uri.scheme().cloned(),
+            source,
+        }
+    }
+
+    /// The key it stands for.
+    pub(crate) fn key(&self) -> AuthorityRef<'_> {
+        let authority = match &self.source {
+            Source::None => None,
+            Source::Uri(a) => Some(a.as_str()),
+            Source::Host(h) => h.to_str().ok(),
+        };
+        AuthorityRef::parse(SchemeRef::of(self.scheme.as_ref()), authority)
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.key().fmt(f)
+    }
+}
+
+/// The maps' hasher: the multiply-and-add of `FxHash` (as in `rustc-hash` 2), a
+/// few instructions per word instead of the rounds of `SipHash`.
+///
+/// Not resistant to chosen keys, which is fine here: the keys are the
+/// authorities this client itself calls, and the maps are swept.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FxBuildHasher;
+
+impl BuildHasher for FxBuildHasher {
+    type Hasher = FxHasher;
+
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl FxHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = self.0.wrapping_add(word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        let mut word = [0u8; 8];
+        if let Some(head) = word.get_mut(..rest.len()) {
+            head.copy_from_slice(rest);
+        }
+        self.add(u64::from_le_bytes(word) ^ (bytes.len() as u64) << 56);
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The multiply leaves the low bits weakest; hashbrown picks buckets
+        // with them.
+        self.0.rotate_left(26)
+    }
+}
+
+/// A map keyed by authority, with the fast hasher.
+pub(crate) type AuthorityMap<V> = std::collections::HashMap<Authority, V, FxBuildHasher>;
 
 /// Locks a mutex, carrying on with the data if another thread panicked while
 /// holding it (every critical section here leaves the map consistent).
@@ -231,16 +514,13 @@ impl<T: Sweep> Drop for Running<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::hash_map::DefaultHasher;
 
     fn key(uri: &str) -> Authority {
-        Authority::of(&Request::get(uri).body(()).unwrap())
+        AuthorityRef::of(&Request::get(uri).body(()).unwrap()).to_owned()
     }
 
-    fn hash(a: &Authority) -> u64 {
-        let mut h = DefaultHasher::new();
-        a.hash(&mut h);
-        h.finish()
+    fn hash<K: Hash + ?Sized>(a: &K) -> u64 {
+        FxBuildHasher.hash_one(a)
     }
 
     #[test]
@@ -250,24 +530,60 @@ mod tests {
             key("http://example.COM:80/b?c")
         );
         assert_eq!(key("https://example.com/"), key("https://example.com:443/"));
+        assert_eq!(key("http://example.com:/"), key("http://example.com/"));
         assert_ne!(key("http://example.com/"), key("https://example.com/"));
         assert_ne!(key("http://example.com:8080/"), key("http://example.com/"));
         assert_ne!(key("http://example.com/"), key("http://example.org/"));
+        assert_ne!(key("http://example.com/"), key("http://example.co/"));
+        assert_eq!(key("HTTP://example.com/"), key("http://example.com/"));
+        assert_eq!(key("ftp://example.com/"), key("FTP://EXAMPLE.com/"));
+        assert_ne!(key("ftp://example.com/"), key("sftp://example.com/"));
         assert_eq!(
             hash(&key("http://Example.com/a")),
             hash(&key("http://example.com/"))
         );
+        assert_eq!(key("http://[::1]/").as_ref().host(), "[::1]");
+        assert_eq!(key("http://[::1]/").as_ref().port(), 80);
+        assert_eq!(key("http://[::1]:8080/").as_ref().port(), 8080);
+        assert_ne!(key("http://[::1]:8080/"), key("http://[::1]/"));
     }
 
     #[test]
-    fn clones_are_compact_and_equal() {
+    fn a_borrowed_key_finds_the_owned_one() {
+        let mut map = AuthorityMap::default();
+        for (i, host) in ["a.example", "B.example", "c.example:81"]
+            .iter()
+            .enumerate()
+        {
+            map.insert(key(&format!("http://{host}/")), i);
+        }
+        let uris = [
+            ("http://A.EXAMPLE/x", Some(0)),
+            ("http://b.example:80/", Some(1)),
+            ("http://u:p@c.example:81/", Some(2)),
+            ("https://a.example/", None),
+            ("http://c.example/", None),
+        ];
+        for (uri, want) in uris {
+            let req = Request::get(uri).body(()).unwrap();
+            let k = AuthorityRef::of(&req);
+            assert_eq!(hash(&k), hash(&k.to_owned()), "{uri}");
+            assert_eq!(map.get(&k as &dyn AuthorityKey).copied(), want, "{uri}");
+        }
+    }
+
+    #[test]
+    fn owned_keys_are_compact_and_equal() {
         let long = format!("http://user:secret@{}.example.com:81/", "H".repeat(100));
-        let k = key(&long);
-        let c = k.clone();
-        assert!(matches!(c.host, Host::Owned(_)));
-        assert_eq!(k, c);
+        let req = Request::get(&long).body(()).unwrap();
+        let k = AuthorityRef::of(&req);
+        let c = k.to_owned();
+        assert_eq!(&*c.host, format!("{}.example.com", "h".repeat(100)));
+        assert!(k == c.as_ref());
         assert_eq!(hash(&k), hash(&c));
-        let debug = format!("{c:?} {k:?}");
+        let target = Target::of(&req);
+        assert!(target.key() == k);
+        let debug = format!("{c:?} {k:?} {target:?}");
         assert!(!debug.contains("secret"), "{debug}");
         assert!(debug.contains(":81"));
     }
@@ -275,6 +591,10 @@ mod tests {
     #[test]
     fn userinfo_is_not_part_of_the_key() {
         assert_eq!(key("http://a:b@example.com/"), key("http://example.com/"));
+        assert_eq!(
+            key("http://a@b@example.com:80/"),
+            key("http://example.com/")
+        );
     }
 
     #[test]
@@ -283,12 +603,27 @@ mod tests {
             .header("host", "api.example.com:8443")
             .body(())
             .unwrap();
-        let k = Authority::of(&req);
+        let k = AuthorityRef::of(&req);
         assert_eq!(k.host(), "api.example.com");
-        assert_eq!(k.port, 8443);
-        let none = Authority::of(&Request::get("/x").body(()).unwrap());
-        assert_eq!(none, none.clone());
-        assert_ne!(none, k);
+        assert_eq!(k.port(), 8443);
+        assert!(Target::of(&req).key() == k);
+        let bare = Request::get("/x").body(()).unwrap();
+        let none = AuthorityRef::of(&bare);
+        assert!(none == none.to_owned().as_ref());
+        assert!(none != k);
+        assert!(Target::of(&bare).key() == none);
+    }
+
+    #[test]
+    fn the_hasher_mixes_every_byte() {
+        let h = |b: &[u8]| {
+            let mut s = FxBuildHasher.build_hasher();
+            s.write(b);
+            s.finish()
+        };
+        assert_ne!(h(b"a"), h(b"a\0"));
+        assert_ne!(h(b"abcdefgh1"), h(b"abcdefgh2"));
+        assert_ne!(h(b""), h(b"\0"));
     }
 
     #[derive(Default)]

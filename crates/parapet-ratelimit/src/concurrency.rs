@@ -1,7 +1,6 @@
 //! [`ConcurrencyLimitLayer`]: at most N calls in flight, overall or per
 //! authority, each holding its slot until its response body ends.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -19,7 +18,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::authority::{Authority, Janitor, Sweep, lock};
+use crate::authority::{AuthorityKey, AuthorityMap, AuthorityRef, Janitor, Sweep, lock};
 use crate::error::ConcurrencyLimited;
 use crate::wait::WaitPolicy;
 
@@ -35,18 +34,18 @@ enum Slots {
 
 #[derive(Debug)]
 struct PerAuthority {
-    map: Mutex<HashMap<Authority, Arc<Semaphore>>>,
+    map: Mutex<AuthorityMap<Arc<Semaphore>>>,
     janitor: Janitor,
 }
 
 impl PerAuthority {
-    fn semaphore(self: &Arc<Self>, key: &Authority, limit: usize) -> Arc<Semaphore> {
+    fn semaphore(self: &Arc<Self>, key: AuthorityRef<'_>, limit: usize) -> Arc<Semaphore> {
         let mut map = lock(&self.map);
-        if let Some(sem) = map.get(key) {
+        if let Some(sem) = map.get(&key as &dyn AuthorityKey) {
             return Arc::clone(sem);
         }
         let sem = Arc::new(Semaphore::new(limit));
-        map.insert(key.clone(), Arc::clone(&sem));
+        map.insert(key.to_owned(), Arc::clone(&sem));
         drop(map);
         Janitor::ensure(self);
         sem
@@ -146,7 +145,7 @@ impl ConcurrencyLimitLayer {
         let limit = limit.get().min(Semaphore::MAX_PERMITS);
         Self {
             slots: Arc::new(Slots::PerAuthority(Arc::new(PerAuthority {
-                map: Mutex::new(HashMap::new()),
+                map: Mutex::default(),
                 janitor: Janitor::new(SWEEP_EVERY),
             }))),
             limit,
@@ -273,7 +272,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let sem = match &*self.slots {
             Slots::Overall(sem) => Arc::clone(sem),
-            Slots::PerAuthority(p) => p.semaphore(&Authority::of(&req), self.limit),
+            Slots::PerAuthority(p) => p.semaphore(AuthorityRef::of(&req), self.limit),
         };
         let error = match Arc::clone(&sem).try_acquire_owned() {
             // The common path: a slot was free.

@@ -4,8 +4,9 @@
 //! Three independent `tower` layers over `http::Request` / `http::Response`:
 //!
 //! - [`RateLimitLayer`]: a client-side [`Quota`] ("n per period" plus a
-//!   burst; governor's GCRA on tokio's clock), one bucket for every call or
-//!   one per authority (scheme, host, port), idle keys evicted.
+//!   burst; a GCRA on tokio's clock that keeps the rate even though tokio's
+//!   timer wakes waiters up to a millisecond late), one bucket for every call
+//!   or one per authority (scheme, host, port), idle keys evicted.
 //! - [`ThrottleLayer`]: reads each response's rate-limit signals (`429`/`503`
 //!   with `Retry-After`, exhausted `X-RateLimit-*`, the IETF `RateLimit`
 //!   field, GitHub's `403`) and closes that authority's gate until the time
@@ -108,9 +109,9 @@
 //! while there is state to sweep and stops by itself.
 
 mod authority;
-mod clock;
 mod concurrency;
 mod error;
+mod gcra;
 mod quota;
 mod ratelimit;
 mod throttle;

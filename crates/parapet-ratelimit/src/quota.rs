@@ -7,11 +7,11 @@ use std::time::Duration;
 /// A rate: `n` calls per period, with a burst of up to `burst` calls at once.
 ///
 /// The bucket holds `burst` tokens and gains one every `period / n`; a call
-/// takes one (the GCRA of the `governor` crate, which behaves as this token
-/// bucket without a refill task). Unless [`burst`](Self::burst) says
-/// otherwise, the burst is `n`: a full period's worth may go at once, the way
-/// a server's fixed window would allow. Use `.burst(NonZeroU32::MIN)` to space
-/// calls evenly.
+/// takes one (kept as a GCRA, the "generic cell rate algorithm": one
+/// timestamp per bucket, which behaves as this token bucket without a refill
+/// task). Unless [`burst`](Self::burst) says otherwise, the burst is `n`: a
+/// full period's worth may go at once, the way a server's fixed window would
+/// allow. Use `.burst(NonZeroU32::MIN)` to space calls evenly.
 ///
 /// ```
 /// use std::num::NonZeroU32;
@@ -29,57 +29,72 @@ use std::time::Duration;
 /// assert!(Quota::n_per(n(5), Duration::ZERO).is_none());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Quota(pub(crate) governor::Quota);
+pub struct Quota {
+    interval: Duration,
+    burst: NonZeroU32,
+}
 
 impl Quota {
+    const fn per(period_ns: u64, n: NonZeroU32) -> Self {
+        Self {
+            interval: Duration::from_nanos(period_ns / n.get() as u64),
+            burst: n,
+        }
+    }
+
     /// `n` calls per second, burst `n`.
     #[must_use]
     pub const fn per_second(n: NonZeroU32) -> Self {
-        Self(governor::Quota::per_second(n))
+        Self::per(1_000_000_000, n)
     }
 
     /// `n` calls per minute, burst `n`.
     #[must_use]
     pub const fn per_minute(n: NonZeroU32) -> Self {
-        Self(governor::Quota::per_minute(n))
+        Self::per(60 * 1_000_000_000, n)
     }
 
     /// `n` calls per hour, burst `n`.
     #[must_use]
     pub const fn per_hour(n: NonZeroU32) -> Self {
-        Self(governor::Quota::per_hour(n))
+        Self::per(3600 * 1_000_000_000, n)
     }
 
     /// `n` calls per `period`, burst `n`; `None` when `period / n` is under
     /// a nanosecond.
     #[must_use]
     pub fn n_per(n: NonZeroU32, period: Duration) -> Option<Self> {
-        let interval = period / n.get();
-        Some(Self(governor::Quota::with_period(interval)?.allow_burst(n)))
+        Some(Self::every(period / n.get())?.burst(n))
     }
 
     /// One call every `interval`, burst 1; `None` when `interval` is zero.
     #[must_use]
     pub fn every(interval: Duration) -> Option<Self> {
-        governor::Quota::with_period(interval).map(Self)
+        (!interval.is_zero()).then_some(Self {
+            interval,
+            burst: NonZeroU32::MIN,
+        })
     }
 
     /// The same rate, with up to `burst` calls at once.
     #[must_use]
     pub const fn burst(self, burst: NonZeroU32) -> Self {
-        Self(self.0.allow_burst(burst))
+        Self {
+            interval: self.interval,
+            burst,
+        }
     }
 
     /// The time it takes to earn one call.
     #[must_use]
     pub const fn interval(&self) -> Duration {
-        self.0.replenish_interval()
+        self.interval
     }
 
     /// The most calls that may go at once.
     #[must_use]
     pub const fn burst_size(&self) -> NonZeroU32 {
-        self.0.burst_size()
+        self.burst
     }
 
     /// The time an empty bucket takes to fill up again.

@@ -3,13 +3,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::HashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
 use http::Request;
 use parapet_core::BoxError;
 use pin_project_lite::pin_project;
@@ -17,39 +14,33 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::authority::{Authority, Janitor, Sweep};
-use crate::clock::{TokioClock, TokioInstant};
+use crate::authority::{Authority, AuthorityKey, AuthorityMap, AuthorityRef, Janitor, Sweep, lock};
 use crate::error::RateLimited;
+use crate::gcra::{AtomicState, Gcra, State as BucketState, nanos};
 use crate::quota::Quota;
 use crate::wait::WaitPolicy;
-
-type Direct =
-    governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
-type Keyed = governor::RateLimiter<
-    Authority,
-    HashMapStateStore<Authority>,
-    TokioClock,
-    NoOpMiddleware<TokioInstant>,
->;
 
 /// The bucket(s) every clone shares.
 struct Buckets {
     kind: Kind,
+    gcra: Gcra,
     quota: Quota,
+    /// The instant the buckets' times count from.
+    epoch: Instant,
     janitor: Janitor,
 }
 
 enum Kind {
-    Direct(Direct),
-    Keyed(Keyed),
+    Direct(AtomicState),
+    Keyed(Mutex<AuthorityMap<BucketState>>),
 }
 
 impl Buckets {
     fn new(quota: Quota, keyed: bool) -> Arc<Self> {
         let kind = if keyed {
-            Kind::Keyed(Keyed::hashmap_with_clock(quota.0, TokioClock))
+            Kind::Keyed(Mutex::default())
         } else {
-            Kind::Direct(Direct::direct_with_clock(quota.0, TokioClock))
+            Kind::Direct(AtomicState::default())
         };
         // An idle key is dropped once its bucket is full again; look for such
         // keys every refill time, but no more often than once a second and no
@@ -60,37 +51,62 @@ impl Buckets {
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
         Arc::new(Self {
             kind,
+            gcra: Gcra::new(quota),
             quota,
+            epoch: Instant::now(),
             janitor: Janitor::new(every),
         })
     }
 
-    /// Takes a token, or says when the next one will be there.
-    fn check(self: &Arc<Self>, key: Option<&Authority>) -> Result<(), Instant> {
-        let outcome = match (&self.kind, key) {
-            (Kind::Direct(d), _) => d.check(),
-            (Kind::Keyed(k), Some(key)) => {
-                let outcome = k.check_key(key);
-                Janitor::ensure(self);
-                outcome
-            }
-            // NOTE: `call` always computes a key for a keyed limiter.
-            (Kind::Keyed(_), None) => Ok(()),
-        };
-        outcome.map_err(|not_until| not_until.earliest_possible().0)
+    fn since_epoch(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.epoch))
     }
 
-    fn key_for<B>(&self, req: &Request<B>) -> Option<Authority> {
-        match self.kind {
-            Kind::Direct(_) => None,
-            Kind::Keyed(_) => Some(Authority::of(req)),
-        }
+    /// Takes a token at `now` (for a waiter that woke up, `late` after the
+    /// instant it waited for), or says when the next one will be there.
+    fn check(
+        self: &Arc<Self>,
+        key: Option<&dyn AuthorityKey>,
+        now: Instant,
+        late: Option<Duration>,
+    ) -> Result<(), Instant> {
+        let t = self.since_epoch(now);
+        let late = late.map(nanos);
+        let outcome = match (&self.kind, key) {
+            (Kind::Direct(bucket), _) => bucket.check(self.gcra, t, late),
+            (Kind::Keyed(map), Some(key)) => {
+                let mut map = lock(map);
+                if let Some(state) = map.get_mut(key) {
+                    self.gcra.decide(*state, t, late).map(|next| *state = next)
+                } else {
+                    // A new key's bucket is full: the call goes.
+                    let outcome = self.gcra.decide(BucketState::default(), t, late);
+                    if let Ok(state) = outcome {
+                        map.insert(key.parts().to_owned(), state);
+                        drop(map);
+                        Janitor::ensure(self);
+                    }
+                    outcome.map(drop)
+                }
+            }
+            // NOTE: `call` always passes a key to a keyed limiter.
+            (Kind::Keyed(_), None) => Ok(()),
+        };
+        outcome.map_err(|earliest| {
+            self.epoch
+                .checked_add(Duration::from_nanos(earliest))
+                .unwrap_or_else(|| parapet_core::far_future(self.epoch))
+        })
+    }
+
+    fn is_keyed(&self) -> bool {
+        matches!(self.kind, Kind::Keyed(_))
     }
 
     fn len(&self) -> usize {
         match &self.kind {
             Kind::Direct(_) => 0,
-            Kind::Keyed(k) => k.len(),
+            Kind::Keyed(map) => lock(map).len(),
         }
     }
 }
@@ -99,10 +115,12 @@ impl Sweep for Buckets {
     fn sweep(&self) -> usize {
         match &self.kind {
             Kind::Direct(_) => 0,
-            Kind::Keyed(k) => {
-                k.retain_recent();
-                k.shrink_to_fit();
-                k.len()
+            Kind::Keyed(map) => {
+                let now = self.since_epoch(Instant::now());
+                let mut map = lock(map);
+                map.retain(|_, state| !Gcra::is_full(*state, now));
+                map.shrink_to_fit();
+                map.len()
             }
         }
     }
@@ -116,7 +134,7 @@ impl fmt::Debug for Buckets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Buckets")
             .field("quota", &self.quota)
-            .field("per_authority", &matches!(self.kind, Kind::Keyed(_)))
+            .field("per_authority", &self.is_keyed())
             .field("keys", &self.len())
             .finish()
     }
@@ -136,6 +154,19 @@ impl fmt::Debug for Buckets {
 /// bucket again when it wakes (many waking together do not over-admit), and
 /// a waiter that is dropped has consumed nothing. In reject mode
 /// ([`reject`](Self::reject)) an empty bucket fails the call at once.
+///
+/// **Late timers.** tokio's timer fires on whole milliseconds, so a waiter
+/// wakes up to a millisecond or two after its token was due. The limiter
+/// does not hold that lateness against the rate: the waiter takes the slot
+/// it waited for, and calls arriving just after it take the slots that
+/// passed meanwhile, so the quota is kept even at 10 000 calls per second
+/// with a burst of 1. It never over-admits for it: every call goes as of a
+/// slot the quota grants (over any span since the limiter was made, at most
+/// `burst + rate × span` calls go), no slot is claimed before the call goes,
+/// and no call claims a slot more than 2 ms old, so late timers bunch calls
+/// within that much and no more. When timers fire on time (paused time,
+/// intervals of whole milliseconds) no window of length `w` sees more than
+/// `burst + rate × w` calls.
 ///
 /// Per-authority state is dropped once the authority has been idle long
 /// enough for its bucket to be full again (at most `(burst + 1) × interval`
@@ -325,17 +356,24 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let key = self.buckets.key_for(&req);
-        let earliest = match self.buckets.check(key.as_ref()) {
-            // The common path: a token was there; no clone, no allocation.
-            Ok(()) => return RateLimitFuture::called(self.inner.call(req)),
-            Err(earliest) => earliest,
-        };
         let now = Instant::now();
+        let earliest = {
+            let key = self.buckets.is_keyed().then(|| AuthorityRef::of(&req));
+            let key = key.as_ref().map(|k| k as &dyn AuthorityKey);
+            match self.buckets.check(key, now, None) {
+                // The common path: a token was there; no clone, no allocation.
+                Ok(()) => return RateLimitFuture::called(self.inner.call(req)),
+                Err(earliest) => earliest,
+            }
+        };
         let latest = self.wait.latest(now, req.extensions());
         if latest.is_some_and(|latest| earliest > latest) {
             return RateLimitFuture::failed(RateLimited::new(earliest, now));
         }
+        let key = self
+            .buckets
+            .is_keyed()
+            .then(|| AuthorityRef::of(&req).to_owned());
         // NOTE: `self.inner` is the service that was driven ready; it goes
         // into the future and a fresh clone takes its place.
         let clone = self.inner.clone();
@@ -429,7 +467,12 @@ where
                         return Poll::Pending;
                     };
                     // Check again: others may have woken at the same moment.
-                    match p.buckets.check(p.key.as_ref()) {
+                    // The time since the instant waited for (the timer's
+                    // lateness) is not held against this call: see `gcra`.
+                    let now = Instant::now();
+                    let late = now.saturating_duration_since(sleep.deadline());
+                    let key = p.key.as_ref().map(|k| k as &dyn AuthorityKey);
+                    match p.buckets.check(key, now, Some(late)) {
                         Ok(()) => {
                             if let Some(p) = parked.take() {
                                 let Parked { mut svc, req, .. } = *p;
@@ -437,7 +480,7 @@ where
                             }
                         }
                         Err(earliest) if p.latest.is_some_and(|l| earliest > l) => {
-                            let error = RateLimited::new(earliest, Instant::now());
+                            let error = RateLimited::new(earliest, now);
                             state.set(State::Failed { error });
                         }
                         Err(earliest) => sleep.as_mut().reset(earliest),
@@ -549,6 +592,113 @@ mod tests {
         // All the capacity was used: 5 at once, then 635 at 100/s.
         let took = log[639] - log[0];
         assert_eq!(took, Duration::from_millis(6350));
+    }
+
+    /// Calls through a shared limiter from `callers` tasks, each calling in
+    /// a loop, for `secs`; the times the calls reached the service, and the
+    /// instant the limiter was made.
+    async fn saturate(rate: u32, burst: u32, callers: usize, secs: u64) -> (Vec<Instant>, Instant) {
+        let log = Log::default();
+        let start = Instant::now();
+        let layer = RateLimitLayer::new(Quota::per_second(n(rate)).burst(n(burst)));
+        let svc = layer.layer(recorder(&log));
+        let end = start + Duration::from_secs(secs);
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    while Instant::now() < end {
+                        svc.clone().oneshot(get("/")).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut log = log.lock().unwrap().clone();
+        log.retain(|&t| t < end);
+        log.sort();
+        (log, start)
+    }
+
+    /// Checks that no span from the limiter's start admits more than
+    /// `burst + rate × span`, and no window of length `w` more than
+    /// `burst + rate × (w + slack)`.
+    fn assert_never_over(log: &[Instant], start: Instant, rate: u32, burst: u32, slack: Duration) {
+        let allowed =
+            |span: Duration| f64::from(burst) + f64::from(rate) * span.as_secs_f64() + 1e-6;
+        for (i, &t) in log.iter().enumerate() {
+            let admitted = (i + 1) as f64;
+            assert!(
+                admitted <= allowed(t - start),
+                "{admitted} calls by {:?} (burst {burst}, {rate}/s)",
+                t - start
+            );
+        }
+        for window_us in [0u64, 50, 100, 1000, 3333, 10_000, 100_000] {
+            let window = Duration::from_micros(window_us);
+            for (i, &from) in log.iter().enumerate() {
+                let admitted = log[i..].iter().take_while(|&&t| t - from <= window).count();
+                assert!(
+                    admitted as f64 <= allowed(window + slack),
+                    "{admitted} calls within {window:?} (burst {burst}, {rate}/s)"
+                );
+            }
+        }
+    }
+
+    /// tokio's timer fires on whole milliseconds, with paused time too: a
+    /// wait for 0.1 ms or 3.33 ms ends up to a millisecond late. Those late
+    /// wake-ups used to cost their lateness every time (10 000/s with a
+    /// burst of 1 gave 1000/s, 300/s gave 250/s).
+    #[tokio::test(start_paused = true)]
+    async fn late_timer_ticks_cost_no_capacity_and_never_over_admit() {
+        for (rate, burst) in [(10_000, 1), (300, 1), (1000, 1), (10_000, 7), (300, 4)] {
+            for callers in [1, 64] {
+                let (log, start) = saturate(rate, burst, callers, 2).await;
+                let expected = f64::from(burst) + f64::from(rate) * 2.0;
+                let got = log.len() as f64;
+                assert!(
+                    got >= expected * 0.99,
+                    "{rate}/s burst {burst}, {callers} callers: {got} of {expected}"
+                );
+                // Calls go at most a tick after their slot: they bunch within
+                // that much, and never beyond `burst + rate × span` in all.
+                assert_never_over(&log, start, rate, burst, crate::gcra::MAX_LAG);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whole_millisecond_intervals_are_spaced_exactly() {
+        for callers in [1, 64] {
+            let (log, start) = saturate(1000, 1, callers, 1).await;
+            assert_eq!(log.len(), 1000);
+            assert_never_over(&log, start, 1000, 1, Duration::ZERO);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_takes_nothing_at_high_rates_either() {
+        // 10 000/s, burst 1: a slot every 0.1 ms.
+        let log = Log::default();
+        let mut svc =
+            RateLimitLayer::new(Quota::per_second(n(10_000)).burst(n(1))).layer(recorder(&log));
+        let start = Instant::now();
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        // A waiter for the 0.1 ms slot, polled once, then dropped.
+        let mut waiter = Box::pin(svc.ready().await.unwrap().call(get("/")));
+        let first = std::future::poll_fn(|cx| Poll::Ready(waiter.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        drop(waiter);
+        // One caller for 10 ms gets every slot from 0.1 ms to 10 ms.
+        let end = start + Duration::from_millis(10);
+        while Instant::now() <= end {
+            svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        }
+        let log = log.lock().unwrap();
+        assert_eq!(log.iter().filter(|&&t| t <= end).count(), 101);
     }
 
     #[tokio::test(start_paused = true)]

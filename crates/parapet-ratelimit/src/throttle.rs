@@ -1,7 +1,6 @@
 //! [`ThrottleLayer`]: a per-authority gate that obeys what servers say about
 //! their limits.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::authority::{Authority, Janitor, Sweep, lock};
+use crate::authority::{AuthorityKey, AuthorityMap, AuthorityRef, Janitor, Sweep, Target, lock};
 use crate::error::Throttled;
 use crate::wait::WaitPolicy;
 
@@ -86,7 +85,7 @@ impl Gate {
 /// The gates every clone shares.
 #[derive(Debug)]
 struct Gates {
-    map: Mutex<HashMap<Authority, Gate>>,
+    map: Mutex<AuthorityMap<Gate>>,
     /// `map.len()`, readable without the lock: calls skip the map when 0.
     active: AtomicUsize,
     janitor: Janitor,
@@ -95,16 +94,22 @@ struct Gates {
 impl Gates {
     fn new() -> Arc<Self> {
         Arc::new(Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::default(),
             active: AtomicUsize::new(0),
             janitor: Janitor::new(SWEEP_EVERY),
         })
     }
 
-    fn admit(&self, key: &Authority, now: Instant) -> Result<(), (Instant, bool)> {
+    /// Lets a call to `target` through, or says until when it must wait,
+    /// whether that is a closed gate, and the time it was checked.
+    fn admit(&self, target: &Target) -> Result<(), (Instant, bool, Instant)> {
+        // The common path: no gate is closed anywhere; no clock read, no lock.
         if self.active.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
+        let now = Instant::now();
+        let key = target.key();
+        let key = &key as &dyn AuthorityKey;
         let mut map = lock(&self.map);
         let Some(gate) = map.get_mut(key) else {
             return Ok(());
@@ -114,12 +119,12 @@ impl Gates {
             map.remove(key);
             self.active.store(map.len(), Ordering::Release);
         }
-        outcome
+        outcome.map_err(|(until, closed)| (until, closed, now))
     }
 
-    fn update(self: &Arc<Self>, key: &Authority, now: Instant, f: impl FnOnce(&mut Gate)) {
+    fn update(self: &Arc<Self>, key: AuthorityRef<'_>, now: Instant, f: impl FnOnce(&mut Gate)) {
         let mut map = lock(&self.map);
-        if let Some(gate) = map.get_mut(key) {
+        if let Some(gate) = map.get_mut(&key as &dyn AuthorityKey) {
             f(gate);
         } else {
             let mut gate = Gate::open(now);
@@ -127,7 +132,7 @@ impl Gates {
             if gate.expired(now) {
                 return;
             }
-            map.insert(key.clone(), gate);
+            map.insert(key.to_owned(), gate);
             self.active.store(map.len(), Ordering::Release);
             drop(map);
             Janitor::ensure(self);
@@ -173,13 +178,10 @@ struct Shared {
 
 impl Shared {
     /// Reads a response's rate-limit signals and updates the authority's gate.
-    fn observe(&self, key: &Authority, status: StatusCode, headers: &HeaderMap) {
+    fn observe(&self, target: &Target, status: StatusCode, headers: &HeaderMap) {
         // Only a few responses carry a signal: do not read the system clock
         // or parse anything for the others.
-        if !(matches!(status.as_u16(), 403 | 429 | 503)
-            || headers.contains_key(X_RATELIMIT_REMAINING)
-            || headers.contains_key(RATELIMIT))
-        {
+        if !may_carry_signal(status, headers) {
             return;
         }
         let Some(limit) = ServerLimit::from_response(status, headers, SystemTime::now()) else {
@@ -192,7 +194,7 @@ impl Shared {
         if let Some(wait) = limit.wait() {
             if !wait.is_zero() {
                 let until = at(wait);
-                self.gates.update(key, now, |gate| {
+                self.gates.update(target.key(), now, |gate| {
                     gate.closed_until = gate.closed_until.max(until);
                 });
             }
@@ -208,7 +210,7 @@ impl Shared {
         if remaining > 0 && remaining <= few && !reset.is_zero() {
             let window = reset.min(cap);
             let spacing = window / u32::try_from(remaining).unwrap_or(u32::MAX);
-            self.gates.update(key, now, |gate| {
+            self.gates.update(target.key(), now, |gate| {
                 if gate.pace_until <= now {
                     gate.next_at = now.checked_add(spacing).unwrap_or(now);
                 }
@@ -217,7 +219,8 @@ impl Shared {
             });
         } else if remaining > few && self.gates.active.load(Ordering::Acquire) > 0 {
             // A fresh window: stop pacing (a closed gate stays closed).
-            self.gates.update(key, now, |gate| gate.pace_until = now);
+            self.gates
+                .update(target.key(), now, |gate| gate.pace_until = now);
         }
     }
 
@@ -236,6 +239,23 @@ impl Shared {
             .min(MAX_RELEASE_JITTER);
         until.checked_add(extra).unwrap_or(until)
     }
+}
+
+/// Whether a response may carry a rate-limit signal worth parsing: a 403,
+/// 429 or 503, or an `X-RateLimit-Remaining` or `RateLimit` field. One pass
+/// over the header names (none at all when there are no headers) rather than
+/// a hashed lookup per name.
+fn may_carry_signal(status: StatusCode, headers: &HeaderMap) -> bool {
+    if matches!(status.as_u16(), 403 | 429 | 503) {
+        return true;
+    }
+    if headers.is_empty() {
+        return false;
+    }
+    let (remaining, ratelimit) = (X_RATELIMIT_REMAINING, RATELIMIT);
+    headers
+        .keys()
+        .any(|name| *name == remaining || *name == ratelimit)
 }
 
 /// Holds calls back from an authority while its server has said "not
@@ -455,9 +475,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let key = Authority::of(&req);
-        let now = Instant::now();
-        let (until, closed) = match self.shared.gates.admit(&key, now) {
+        let key = Target::of(&req);
+        let (until, closed, now) = match self.shared.gates.admit(&key) {
             // The common path: no gate is closed for this authority.
             Ok(()) => {
                 return ThrottleFuture::called(self.inner.call(req), Arc::clone(&self.shared), key);
@@ -494,7 +513,7 @@ struct Parked<S, B> {
     svc: S,
     req: Request<B>,
     shared: Arc<Shared>,
-    key: Authority,
+    key: Target,
     latest: Option<Instant>,
 }
 
@@ -519,7 +538,7 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        Called { #[pin] fut: S::Future, shared: Arc<Shared>, key: Authority },
+        Called { #[pin] fut: S::Future, shared: Arc<Shared>, key: Target },
         Waiting { sleep: Pin<Box<Sleep>>, parked: Option<Box<Parked<S, B>>> },
         Failed { error: Throttled },
     }
@@ -529,7 +548,7 @@ impl<S, B> ThrottleFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    fn called(fut: S::Future, shared: Arc<Shared>, key: Authority) -> Self {
+    fn called(fut: S::Future, shared: Arc<Shared>, key: Target) -> Self {
         Self {
             state: State::Called { fut, shared, key },
         }
@@ -568,8 +587,7 @@ where
                     };
                     // Check again: the gate may have closed anew, or another
                     // waiter may have taken the paced slot.
-                    let now = Instant::now();
-                    match p.shared.gates.admit(&p.key, now) {
+                    match p.shared.gates.admit(&p.key) {
                         Ok(()) => {
                             if let Some(p) = parked.take() {
                                 let Parked {
@@ -586,12 +604,12 @@ where
                                 });
                             }
                         }
-                        Err((until, _)) if p.latest.is_some_and(|l| until > l) => {
+                        Err((until, _, now)) if p.latest.is_some_and(|l| until > l) => {
                             state.set(State::Failed {
                                 error: Throttled::new(until, now),
                             });
                         }
-                        Err((until, closed)) => {
+                        Err((until, closed, now)) => {
                             let release = p.shared.release_at(until, closed, now);
                             let release = p.latest.map_or(release, |l| release.min(l));
                             sleep.as_mut().reset(release);
@@ -937,7 +955,7 @@ mod tests {
             .await
             .map(|res| {
                 svc.shared
-                    .observe(&Authority::of(&get("busy")), res.status(), res.headers());
+                    .observe(&Target::of(&get("busy")), res.status(), res.headers());
             })
             .unwrap();
         assert_eq!(waiter.await.unwrap().unwrap().status(), 200);
