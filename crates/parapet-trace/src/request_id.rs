@@ -4,7 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderName, Request, Response};
+use http::header::Entry;
+use http::{Extensions, HeaderMap, HeaderName, Request, Response};
 use parapet_core::BoxError;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -149,14 +150,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = if let Some(sent) = req.headers().get(&self.header) {
-            RequestId::from_header_value(sent.clone())
-        } else {
-            let id = RequestId::current().unwrap_or_default();
-            req.headers_mut()
-                .insert(self.header.clone(), id.header_value().clone());
-            id
-        };
+        let id = id_for(&self.header, req.headers_mut());
         SetRequestIdFuture {
             inner: self.inner.call(req),
             id: Some(id),
@@ -186,10 +180,38 @@ where
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx)).map_err(Into::into)?;
         if let Some(id) = this.id.take() {
-            res.extensions_mut().insert(id);
+            record(res.extensions_mut(), id);
         }
         Poll::Ready(Ok(res))
     }
+}
+
+/// The id this call carries: the one already in `headers` under `name`,
+/// else the current inbound one, else a fresh one, which is then set.
+///
+/// One lookup of the name (an entry, not `get` then `insert`), and no panic
+/// on a header map that is full. Kept out of line, like [`record`], so that
+/// `call` and `poll` stay small; it does not depend on the service's types.
+#[inline(never)]
+fn id_for(name: &HeaderName, headers: &mut HeaderMap) -> RequestId {
+    match headers.try_entry(name) {
+        Ok(Entry::Occupied(sent)) => RequestId::from_header_value(sent.get().clone()),
+        Ok(Entry::Vacant(slot)) => {
+            let id = RequestId::current().unwrap_or_default();
+            // Only fails if the map is full (`MaxSizeReached`): the request
+            // then goes without the header, as it would go without any
+            // other header the map could not take.
+            let _ = slot.try_insert(id.header_value().clone());
+            id
+        }
+        Err(_) => RequestId::current().unwrap_or_default(),
+    }
+}
+
+/// Records `id` in a response's extensions.
+#[inline(never)]
+fn record(extensions: &mut Extensions, id: RequestId) {
+    extensions.insert(id);
 }
 
 #[cfg(test)]
@@ -310,6 +332,32 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_header_map_does_not_panic() {
+        let (seen, inner) = recorder("x-request-id");
+        let mut req = Request::new(());
+        let mut i = 0u32;
+        // Fill the map until it refuses one more name.
+        while req
+            .headers_mut()
+            .try_insert(
+                HeaderName::try_from(format!("h{i}")).unwrap(),
+                HeaderValue::from_static("v"),
+            )
+            .is_ok()
+        {
+            i += 1;
+        }
+        let res = RequestIdLayer::new()
+            .layer(inner)
+            .oneshot(req)
+            .await
+            .unwrap();
+        // The request went without the header; the call still has an id.
+        assert!(seen.lock().unwrap()[0].is_none());
+        assert!(RequestId::get(res.extensions()).is_some());
     }
 
     #[test]
