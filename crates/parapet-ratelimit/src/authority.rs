@@ -95,27 +95,27 @@ impl<'a> AuthorityRef<'a> {
                 port: 0,
             };
         };
-        // Never the userinfo: it is not part of the key, and may carry
-        // credentials.
-        let host_port = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host_port)| host_port);
-        let (host, port) = if host_port.starts_with('[') {
-            // An IPv6 literal: the port, if any, follows the bracket.
-            match host_port.split_once(']') {
-                Some((ip, rest)) => (
-                    host_port.get(..=ip.len()).unwrap_or(host_port),
-                    rest.strip_prefix(':'),
-                ),
-                None => (host_port, None),
+        // One backward scan: the port is after the last ':' that is not
+        // inside an IPv6 literal's brackets, the host after the last '@'
+        // (never the userinfo: it is not part of the key, and may carry
+        // credentials).
+        let bytes = authority.as_bytes();
+        let (mut start, mut colon, mut bracketed) = (0, None, false);
+        for (i, &b) in bytes.iter().enumerate().rev() {
+            match b {
+                b'@' => {
+                    start = i + 1;
+                    break;
+                }
+                b']' => bracketed = true,
+                b':' if !bracketed && colon.is_none() => colon = Some(i),
+                _ => {}
             }
-        } else {
-            match host_port.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (host_port, None),
-            }
-        };
-        let port = port
+        }
+        let end = colon.unwrap_or(bytes.len());
+        let host = authority.get(start..end).unwrap_or_default();
+        let port = colon
+            .and_then(|c| authority.get(c + 1..))
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or(scheme.default_port());
         Self { scheme, host, port }

@@ -13,7 +13,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use parapet_core::BoxError;
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -270,24 +270,22 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let sem = match &*self.slots {
+        let semaphore = |slots: &Slots| match slots {
             Slots::Overall(sem) => Arc::clone(sem),
             Slots::PerAuthority(p) => p.semaphore(AuthorityRef::of(&req), self.limit),
         };
-        let error = match Arc::clone(&sem).try_acquire_owned() {
-            // The common path: a slot was free.
-            Ok(permit) => {
-                return ConcurrencyLimitFuture {
-                    state: State::Called {
-                        fut: self.inner.call(req),
-                        permit: Some(permit),
-                    },
-                };
-            }
-            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
-                ConcurrencyLimited::new(self.limit, Duration::ZERO)
-            }
-        };
+        // The common path: a slot is free. The permit keeps the one clone of
+        // the semaphore's `Arc`.
+        if let Ok(permit) = semaphore(&self.slots).try_acquire_owned() {
+            return ConcurrencyLimitFuture {
+                state: State::Called {
+                    fut: self.inner.call(req),
+                    permit: Some(permit),
+                },
+            };
+        }
+        let sem = semaphore(&self.slots);
+        let error = ConcurrencyLimited::new(self.limit, Duration::ZERO);
         let now = Instant::now();
         let latest = self.wait.latest(now, req.extensions());
         if latest.is_some_and(|latest| latest <= now) {
