@@ -44,9 +44,12 @@ use std::time::Duration;
 
 use crate::quota::Quota;
 
-/// The most lateness credited: two timer ticks (a deadline is rounded up to
-/// the next millisecond, and the runtime's sleep to whole milliseconds).
-pub(crate) const MAX_LAG: Duration = Duration::from_millis(2);
+/// The most lateness credited. A tokio timer is up to about three ticks
+/// late by itself (the deadline is rounded up to the next millisecond, the
+/// driver's sleep to whole milliseconds from a truncated "now", and the
+/// system's timeout to whole milliseconds again), plus scheduling; with two
+/// ticks, 64 callers at 10 000/s on a busy two-core machine still lost 2 %.
+pub(crate) const MAX_LAG: Duration = Duration::from_millis(4);
 
 /// The bucket's parameters, in nanoseconds.
 #[derive(Debug, Clone, Copy)]
@@ -226,10 +229,11 @@ mod tests {
     fn lateness_is_credited_up_to_max_lag_and_idling_forfeits_it() {
         let g = gcra(10_000, 1);
         let s = g.decide(State::default(), 0, None).unwrap();
-        // A waiter 50 ms late is credited 2 ms only.
+        // A waiter 50 ms late is credited MAX_LAG only.
+        let max = nanos(MAX_LAG);
         let s = g.decide(s, 50 * MS, Some(50 * MS - MS / 10)).unwrap();
-        assert_eq!(s.tat, 48 * MS + MS / 10);
-        assert_eq!(s.lag, 2 * MS);
+        assert_eq!(s.tat, 50 * MS - max + MS / 10);
+        assert_eq!(s.lag, max);
         // An arrival 10 ms later: the bucket idled, the gap is lost.
         let s = g.decide(s, 60 * MS, None).unwrap();
         assert_eq!(
