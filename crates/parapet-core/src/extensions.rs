@@ -91,10 +91,16 @@ pub fn far_future(now: Instant) -> Instant {
     now.checked_add(THIRTY_YEARS).unwrap_or(now)
 }
 
-/// Which attempt of a call this request is, set by the retry layer.
+/// Which attempt of a call this request is, set by the retry layer on every
+/// resend.
 ///
 /// `number` starts at 1; [`resend_count`](Self::resend_count) is the
 /// OpenTelemetry `http.request.resend_count` (0 on the first attempt).
+///
+/// A request that carries no `Attempt` is a first attempt: the retry layer
+/// inserts the extension from the second attempt on (and replaces one that
+/// came with the request), so that the common call, answered at once, pays
+/// no allocation for it. Readers treat absence as attempt 1.
 ///
 /// ```
 /// use parapet_core::Attempt;
