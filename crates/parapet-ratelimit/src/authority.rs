@@ -148,10 +148,11 @@ impl<'a> AuthorityRef<'a> {
 
 impl PartialEq for AuthorityRef<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.port == other.port
-            && self.scheme.tag() == other.scheme.tag()
-            && eq_ignore_case(self.host, other.host)
-            && eq_ignore_case(self.scheme.as_str(), other.scheme.as_str())
+        let scheme = match (self.scheme, other.scheme) {
+            (SchemeRef::Other(a), SchemeRef::Other(b)) => eq_ignore_case(a, b),
+            (a, b) => a.tag() == b.tag(),
+        };
+        self.port == other.port && scheme && eq_ignore_case(self.host, other.host)
     }
 }
 

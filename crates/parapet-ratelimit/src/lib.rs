@@ -98,12 +98,16 @@
 //!
 //! Everything runs on `tokio::time`, so tests with paused time control the
 //! buckets, gates and waits. On the common path (nothing to wait for) a call
-//! through the shared rate limiter costs one atomic compare-and-swap and no
-//! allocation; the per-authority variants add a hash-map lookup under a
-//! mutex (the key borrows the request's URI, so no allocation either, except
-//! for an authority seen for the first time); the throttle does not touch its
-//! map while no gate is closed, and reads the system clock only for a
-//! response that carries a rate-limit signal.
+//! through the shared rate limiter costs a clock read and one atomic
+//! compare-and-swap, and no allocation; the per-authority variants add a
+//! hash-map lookup under a mutex, keyed by the request's own authority bytes
+//! (one short scan, no copy, no allocation except for an authority seen for
+//! the first time; a small multiply-and-add hasher instead of `SipHash`, as
+//! the keys are the hosts this client itself calls). The throttle keeps a
+//! reference-counted handle on the request's authority, reads neither the
+//! clock nor its map while no gate is closed, and reads the system clock
+//! only for a response that carries a rate-limit signal (found in one pass
+//! over the header names).
 //!
 //! Per-authority state is swept by a small background task that runs only
 //! while there is state to sweep and stops by itself.
