@@ -25,8 +25,8 @@ use crate::redact::RedactedUri;
 ///
 /// Its fields are those of the call span, less `attempts` and `request_id`,
 /// plus `http.request.resend_count`: 0 on the first attempt, then 1, 2, ...,
-/// read from the [`Attempt`] the retry layer puts in each attempt's
-/// extensions (0 when there is none). `error.type` and `otel.status_code`
+/// read from the [`Attempt`] the retry layer puts in the extensions of each
+/// resend (a first attempt carries none, which reads as 0). `error.type` and `otel.status_code`
 /// mark every attempt that failed, so a 503 shows on its attempt span;
 /// the span's level stays `DEBUG` regardless, and a failed attempt adds a
 /// `DEBUG` event. Whether the *call* failed is the call span's to say.
