@@ -290,7 +290,7 @@ pub fn cases() -> Vec<Case> {
         ),
         case(
             "full_stack",
-            "all nine layers, hand-assembled",
+            "every layer (ten), hand-assembled",
             full_stack!(Ready),
         ),
         case(
