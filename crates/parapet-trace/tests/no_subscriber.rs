@@ -23,7 +23,7 @@ async fn without_a_subscriber_everything_still_works() {
         .service(upstream);
     let res = svc
         .oneshot(
-            Request::get("http://h/?token=x")
+            Request::get("http://h.test/?token=x")
                 .body(Full::<Bytes>::default())
                 .unwrap(),
         )

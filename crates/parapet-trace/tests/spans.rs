@@ -181,7 +181,7 @@ async fn the_request_id_is_read_from_the_response_when_trace_is_outermost() {
         .layer(TraceLayer::new())
         .layer(RequestIdLayer::new())
         .service(upstream);
-    let res = svc.oneshot(get("http://h/")).await.unwrap();
+    let res = svc.oneshot(get("http://h.test/")).await.unwrap();
     let id = RequestId::get(res.extensions()).unwrap();
     let spans = capture.spans();
     assert_eq!(spans[0].field("request_id"), id.to_str());
