@@ -157,7 +157,11 @@ async fn static_bearer_goes_on_every_request_marked_sensitive() {
 #[tokio::test(start_paused = true)]
 async fn basic_and_api_keys_are_sent_as_documented() {
     let log = log();
-    let req = || Request::get("http://h.test/p?a=1").body(String::new()).unwrap();
+    let req = || {
+        Request::get("http://h.test/p?a=1")
+            .body(String::new())
+            .unwrap()
+    };
 
     let basic = AuthLayer::basic("Aladdin", "open sesame").unwrap();
     basic
