@@ -53,9 +53,12 @@ impl Replay {
 pin_project_lite::pin_project! {
     /// The response future of [`Auth`](crate::Auth).
     ///
-    /// With static credentials it is the inner future. With a token cache
+    /// With static credentials, or a cached token when a 401 is returned
+    /// as it is, it is the inner future and one pointer. With a token cache
     /// it waits for a token when none is cached, and after a 401 gets a
-    /// fresh token and sends the request once more.
+    /// fresh token and sends the request once more; what that needs (the
+    /// request, its copy for the re-send, a spare inner service, the token
+    /// used) lives in one box that only those requests allocate.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<S>
     where
@@ -63,14 +66,29 @@ pin_project_lite::pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        svc: Option<S>,
-        pending: Option<Request<ReplayBody>>,
-        replay: Option<Replay>,
-        used: Option<CachedToken>,
-        cache: Option<TokenCache>,
-        on_401: On401,
-        unauthorized: Option<S::Response>,
+        extra: Option<Box<Extra<S>>>,
     }
+}
+
+/// The rare states, kept out of line so that the common future stays the
+/// size of the inner one.
+struct Extra<S>
+where
+    S: Service<Request<ReplayBody>>,
+{
+    // The inner service: the ready one while waiting for the first token,
+    // a spare clone for the re-send after a 401.
+    svc: Option<S>,
+    // The request, while waiting for the first token.
+    pending: Option<Request<ReplayBody>>,
+    // What the re-send after a 401 needs.
+    replay: Option<Replay>,
+    // The token the request was (or will be) sent with.
+    used: Option<CachedToken>,
+    cache: TokenCache,
+    on_401: On401,
+    // The 401, kept while waiting for a fresh token.
+    unauthorized: Option<S::Response>,
 }
 
 pin_project_lite::pin_project! {
@@ -94,44 +112,41 @@ impl<S> ResponseFuture<S>
 where
     S: Service<Request<ReplayBody>>,
 {
-    fn with(state: State<S::Future>) -> Self {
+    pub(crate) fn direct(fut: S::Future) -> Self {
         Self {
-            state,
-            svc: None,
-            pending: None,
-            replay: None,
-            used: None,
-            cache: None,
-            on_401: On401::Return,
-            unauthorized: None,
+            state: State::First { fut },
+            extra: None,
         }
     }
 
-    pub(crate) fn direct(fut: S::Future) -> Self {
-        Self::with(State::First { fut })
-    }
-
     pub(crate) fn failed(error: BoxError) -> Self {
-        Self::with(State::Failed { error: Some(error) })
+        Self {
+            state: State::Failed { error: Some(error) },
+            extra: None,
+        }
     }
 
+    /// Sent with a cached token; `svc` and `replay` (both present) arm the
+    /// one re-send after a 401.
     pub(crate) fn sent(
         fut: S::Future,
         token: CachedToken,
-        svc: Option<S>,
-        replay: Option<Replay>,
+        svc: S,
+        replay: Replay,
         cache: TokenCache,
         on_401: On401,
     ) -> Self {
         Self {
             state: State::First { fut },
-            svc,
-            pending: None,
-            replay,
-            used: Some(token),
-            cache: Some(cache),
-            on_401,
-            unauthorized: None,
+            extra: Some(Box::new(Extra {
+                svc: Some(svc),
+                pending: None,
+                replay: Some(replay),
+                used: Some(token),
+                cache,
+                on_401,
+                unauthorized: None,
+            })),
         }
     }
 
@@ -147,13 +162,15 @@ where
             state: State::Waiting {
                 wait: Box::pin(wait(rx)),
             },
-            svc: Some(svc),
-            pending: Some(req),
-            replay,
-            used: None,
-            cache: Some(cache),
-            on_401,
-            unauthorized: None,
+            extra: Some(Box::new(Extra {
+                svc: Some(svc),
+                pending: Some(req),
+                replay,
+                used: None,
+                cache,
+                on_401,
+                unauthorized: None,
+            })),
         }
     }
 }
@@ -204,31 +221,38 @@ where
                         Ok(t) => t,
                         Err(e) => return Poll::Ready(Err(Box::new(e))),
                     };
-                    let (Some(mut req), Some(svc)) = (this.pending.take(), this.svc.as_mut())
+                    let Some(extra) = this.extra.as_deref_mut() else {
+                        return Poll::Ready(Err(internal("waiting")));
+                    };
+                    let (Some(mut req), Some(svc)) = (extra.pending.take(), extra.svc.as_mut())
                     else {
                         return Poll::Ready(Err(internal("waiting")));
                     };
                     req.headers_mut()
                         .insert(AUTHORIZATION, token.header_value().clone());
                     let fut = svc.call(req);
-                    *this.used = Some(token);
-                    if this.replay.is_none() {
-                        *this.svc = None;
+                    if extra.replay.is_none() {
+                        // No re-send possible: let the service and the
+                        // cache go now.
+                        *this.extra = None;
+                    } else {
+                        extra.used = Some(token);
                     }
                     this.state.set(State::First { fut });
                 }
                 StateProj::First { fut } => {
                     let resp = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    if resp.status() != StatusCode::UNAUTHORIZED
-                        || !wants_refresh(*this.on_401, resp.headers())
-                    {
+                    if resp.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(resp));
                     }
-                    let (Some(replay), Some(cache), Some(used)) = (
-                        this.replay.as_ref(),
-                        this.cache.as_ref(),
-                        this.used.as_ref(),
-                    ) else {
+                    let Some(extra) = this.extra.as_deref_mut() else {
+                        return Poll::Ready(Ok(resp));
+                    };
+                    if !wants_refresh(extra.on_401, resp.headers()) {
+                        return Poll::Ready(Ok(resp));
+                    }
+                    let (Some(replay), Some(used)) = (extra.replay.as_ref(), extra.used.as_ref())
+                    else {
                         return Poll::Ready(Ok(resp));
                     };
                     if !replay.body.can_replay() {
@@ -239,10 +263,10 @@ where
                         generation = used.generation(),
                         "401: sending the request once more with a fresh token"
                     );
-                    cache.invalidate(used);
-                    match cache.acquire() {
+                    extra.cache.invalidate(used);
+                    match extra.cache.acquire() {
                         Acquire::Ready(t) => {
-                            *this.used = Some(t);
+                            extra.used = Some(t);
                             this.state.set(State::Ready);
                         }
                         Acquire::Failed(e) => {
@@ -250,7 +274,7 @@ where
                             return Poll::Ready(Ok(resp));
                         }
                         Acquire::Wait(rx) => {
-                            *this.unauthorized = Some(resp);
+                            extra.unauthorized = Some(resp);
                             this.state.set(State::Refreshing {
                                 wait: Box::pin(wait(rx)),
                             });
@@ -259,15 +283,19 @@ where
                 }
                 StateProj::Refreshing { wait } => {
                     let result = ready!(wait.as_mut().poll(cx));
+                    let Some(extra) = this.extra.as_deref_mut() else {
+                        return Poll::Ready(Err(internal("refreshing")));
+                    };
                     match result {
                         Ok(t) => {
-                            *this.used = Some(t);
+                            extra.used = Some(t);
                             this.state.set(State::Ready);
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "no fresh token: returning the 401");
                             return Poll::Ready(
-                                this.unauthorized
+                                extra
+                                    .unauthorized
                                     .take()
                                     .ok_or_else(|| internal("refreshing")),
                             );
@@ -275,16 +303,19 @@ where
                     }
                 }
                 StateProj::Ready => {
-                    let Some(svc) = this.svc.as_mut() else {
+                    let Some(extra) = this.extra.as_deref_mut() else {
+                        return Poll::Ready(Err(internal("ready")));
+                    };
+                    let Some(svc) = extra.svc.as_mut() else {
                         return Poll::Ready(Err(internal("ready")));
                     };
                     ready!(svc.poll_ready(cx)).map_err(Into::into)?;
-                    let (Some(replay), Some(token)) = (this.replay.take(), this.used.as_ref())
+                    let (Some(replay), Some(token)) = (extra.replay.take(), extra.used.as_ref())
                     else {
                         return Poll::Ready(Err(internal("ready")));
                     };
                     // The 401 is no longer needed: let its connection go.
-                    drop(this.unauthorized.take());
+                    drop(extra.unauthorized.take());
                     let fut = svc.call(replay.into_request(token));
                     this.state.set(State::Second { fut });
                 }
@@ -314,7 +345,7 @@ where
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("token", &self.used)
+            .field("token", &self.extra.as_ref().and_then(|e| e.used.as_ref()))
             .finish_non_exhaustive()
     }
 }
@@ -322,6 +353,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in inner service whose future is `N` bytes of payload.
+    #[derive(Clone)]
+    struct Inner<const N: usize>;
+
+    struct Fut<const N: usize>([u8; N]);
+
+    impl<const N: usize> Future for Fut<N> {
+        type Output = Result<Response<()>, BoxError>;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Ready(Ok(Response::new(())))
+        }
+    }
+
+    impl<const N: usize> Service<Request<ReplayBody>> for Inner<N> {
+        type Response = Response<()>;
+        type Error = BoxError;
+        type Future = Fut<N>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<ReplayBody>) -> Fut<N> {
+            Fut([0; N])
+        }
+    }
+
+    #[test]
+    fn the_future_is_the_inner_one_and_two_words() {
+        // The rare states (waiting for a token, the 401 re-send) are boxed:
+        // what the layer adds is a discriminant and one pointer, whatever
+        // the credentials.
+        fn check<const N: usize>() {
+            let size = size_of::<ResponseFuture<Inner<N>>>();
+            let inner = size_of::<Fut<N>>().max(16);
+            assert!(size <= inner + 16, "{size} bytes over an inner {N}");
+        }
+        check::<0>();
+        check::<8>();
+        check::<144>();
+        check::<1024>();
+        assert!(size_of::<ResponseFuture<Inner<144>>>() <= 160);
+    }
 
     #[test]
     fn invalid_token_challenges_are_recognised() {

@@ -103,18 +103,26 @@ where
                         parts
                             .headers
                             .insert(AUTHORIZATION, token.header_value().clone());
-                        // The clone is called again (after poll_ready) only
-                        // for the one re-send after a 401.
-                        let spare = replay.as_ref().map(|_| self.inner.clone());
-                        let fut = self.inner.call(Request::from_parts(parts, body));
-                        ResponseFuture::sent(
-                            fut,
-                            token,
-                            spare,
-                            replay,
-                            cache.clone(),
-                            config.on_401,
-                        )
+                        match replay {
+                            // The clone is called again (after poll_ready)
+                            // only for the one re-send after a 401.
+                            Some(replay) => {
+                                let spare = self.inner.clone();
+                                let fut = self.inner.call(Request::from_parts(parts, body));
+                                ResponseFuture::sent(
+                                    fut,
+                                    token,
+                                    spare,
+                                    replay,
+                                    cache.clone(),
+                                    config.on_401,
+                                )
+                            }
+                            // A 401 is returned as it is: nothing to keep.
+                            None => ResponseFuture::direct(
+                                self.inner.call(Request::from_parts(parts, body)),
+                            ),
+                        }
                     }
                     Acquire::Failed(e) => ResponseFuture::failed(Box::new(e)),
                     Acquire::Wait(rx) => {
