@@ -241,13 +241,14 @@ where
                     this.state.set(State::First { fut });
                 }
                 StateProj::First { fut } => {
+                    let Some(extra) = this.extra.as_deref_mut() else {
+                        // Nothing armed for a 401: the inner future's answer.
+                        return fut.poll(cx).map_err(Into::into);
+                    };
                     let resp = ready!(fut.poll(cx)).map_err(Into::into)?;
                     if resp.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(resp));
                     }
-                    let Some(extra) = this.extra.as_deref_mut() else {
-                        return Poll::Ready(Ok(resp));
-                    };
                     if !wants_refresh(extra.on_401, resp.headers()) {
                         return Poll::Ready(Ok(resp));
                     }

@@ -78,68 +78,74 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let config = &*self.layer.config;
+        // Static credentials have nothing to refresh: a 401 is returned as
+        // it is, so nothing is kept for a re-send and the future is the
+        // inner one.
+        let cache = match &config.credential {
+            Credential::Header(name, value) => {
+                let mut req = req.map(|b| ReplayBody::new(b, config.replay_cap));
+                req.headers_mut().insert(name.clone(), value.clone());
+                return ResponseFuture::direct(self.inner.call(req));
+            }
+            Credential::Query(pair) => {
+                return match with_query_pair(req.uri(), pair.expose()) {
+                    Ok(uri) => {
+                        let mut req = req.map(|b| ReplayBody::new(b, config.replay_cap));
+                        *req.uri_mut() = uri;
+                        ResponseFuture::direct(self.inner.call(req))
+                    }
+                    Err(e) => ResponseFuture::failed(e.into()),
+                };
+            }
+            Credential::Tokens(cache) => cache,
+        };
         let (mut parts, body) = req.into_parts();
         let body = ReplayBody::new(body, config.replay_cap);
-        match &config.credential {
-            Credential::Header(name, value) => {
-                parts.headers.insert(name.clone(), value.clone());
-                ResponseFuture::direct(self.inner.call(Request::from_parts(parts, body)))
-            }
-            Credential::Query(pair) => match with_query_pair(&parts.uri, pair.expose()) {
-                Ok(uri) => {
-                    parts.uri = uri;
-                    ResponseFuture::direct(self.inner.call(Request::from_parts(parts, body)))
-                }
-                Err(e) => ResponseFuture::failed(e.into()),
-            },
-            Credential::Tokens(cache) => {
-                let replay = if config.on_401 == On401::Return {
-                    None
-                } else {
-                    body.try_replay().ok().map(|b| Replay::new(&parts, b))
-                };
-                match cache.acquire() {
-                    Acquire::Ready(token) => {
-                        parts
-                            .headers
-                            .insert(AUTHORIZATION, token.header_value().clone());
-                        match replay {
-                            // The clone is called again (after poll_ready)
-                            // only for the one re-send after a 401.
-                            Some(replay) => {
-                                let spare = self.inner.clone();
-                                let fut = self.inner.call(Request::from_parts(parts, body));
-                                ResponseFuture::sent(
-                                    fut,
-                                    token,
-                                    spare,
-                                    replay,
-                                    cache.clone(),
-                                    config.on_401,
-                                )
-                            }
-                            // A 401 is returned as it is: nothing to keep.
-                            None => ResponseFuture::direct(
-                                self.inner.call(Request::from_parts(parts, body)),
-                            ),
-                        }
-                    }
-                    Acquire::Failed(e) => ResponseFuture::failed(Box::new(e)),
-                    Acquire::Wait(rx) => {
-                        // `inner` is ready (poll_ready); it waits in the
-                        // future for the token, a clone takes its place.
-                        let clone = self.inner.clone();
-                        let ready = std::mem::replace(&mut self.inner, clone);
-                        ResponseFuture::waiting(
-                            rx,
-                            Request::from_parts(parts, body),
-                            ready,
+        let replay = if config.on_401 == On401::Return {
+            None
+        } else {
+            body.try_replay().ok().map(|b| Replay::new(&parts, b))
+        };
+        match cache.acquire() {
+            Acquire::Ready(token) => {
+                parts
+                    .headers
+                    .insert(AUTHORIZATION, token.header_value().clone());
+                match replay {
+                    // The clone is called again (after poll_ready)
+                    // only for the one re-send after a 401.
+                    Some(replay) => {
+                        let spare = self.inner.clone();
+                        let fut = self.inner.call(Request::from_parts(parts, body));
+                        ResponseFuture::sent(
+                            fut,
+                            token,
+                            spare,
                             replay,
                             cache.clone(),
                             config.on_401,
                         )
                     }
+                    // A 401 is returned as it is: nothing to keep.
+                    None => {
+                        ResponseFuture::direct(self.inner.call(Request::from_parts(parts, body)))
+                    }
                 }
+            }
+            Acquire::Failed(e) => ResponseFuture::failed(Box::new(e)),
+            Acquire::Wait(rx) => {
+                // `inner` is ready (poll_ready); it waits in the
+                // future for the token, a clone takes its place.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(
+                    rx,
+                    Request::from_parts(parts, body),
+                    ready,
+                    replay,
+                    cache.clone(),
+                    config.on_401,
+                )
             }
         }
     }
