@@ -8,12 +8,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use parapet_core::{BoxError, Deadline, far_future};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::TimeoutBody;
 use crate::error::AttemptTimedOut;
+use crate::timer::Timer;
 
 /// Bounds each attempt, from the call until the response headers, and
 /// optionally the reading of its response body.
@@ -183,8 +184,7 @@ where
         };
         AttemptTimeoutFuture {
             inner: self.inner.call(req),
-            sleep: None,
-            at,
+            timer: Timer::new(at),
             error: AttemptTimedOut::new(at.saturating_duration_since(now), by_deadline),
             body_idle: self.config.body_idle,
             body_total: self.config.body_total,
@@ -203,8 +203,7 @@ pin_project! {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Option<Sleep>,
-        at: Instant,
+        timer: Timer,
         error: AttemptTimedOut,
         body_idle: Option<Duration>,
         body_total: Option<Duration>,
@@ -219,7 +218,7 @@ where
     type Output = Result<Response<TimeoutBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         // NOTE: a limit of zero (the deadline had already passed) fails
         // without polling the inner future, so nothing is sent.
         if this.error.limit().is_zero() {
@@ -242,12 +241,7 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             Poll::Pending => {}
         }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(sleep_until(*this.at)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-        }
+        ready!(this.timer.poll_elapsed(cx));
         Poll::Ready(Err(this.error.clone().into()))
     }
 }

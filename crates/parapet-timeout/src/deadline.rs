@@ -8,12 +8,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use parapet_core::{BoxError, Deadline, far_future};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{BodyDeadline, TimeoutBody};
 use crate::error::{AttemptTimedOut, DeadlineExceeded};
+use crate::timer::Timer;
 
 /// Sets a deadline for the whole call, retries and waits included, and fails
 /// the call with [`DeadlineExceeded`] when it passes.
@@ -156,8 +157,7 @@ where
             .map_or(self.config.cover_body, BodyDeadline::is_covered);
         CallDeadlineFuture {
             inner: self.inner.call(req),
-            sleep: None,
-            deadline,
+            timer: Timer::new(deadline.instant()),
             cover_body,
             expired: deadline.instant() <= now,
         }
@@ -175,8 +175,7 @@ pin_project! {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Option<Sleep>,
-        deadline: Deadline,
+        timer: Timer,
         cover_body: bool,
         expired: bool,
     }
@@ -190,8 +189,8 @@ where
     type Output = Result<Response<TimeoutBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let deadline = *this.deadline;
+        let this = self.project();
+        let deadline = Deadline::at(this.timer.instant());
         // NOTE: a deadline already past when the call started (a caller's)
         // fails without polling the inner future, so nothing is sent.
         if *this.expired {
@@ -212,12 +211,7 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(fold_deadline(e.into(), deadline))),
             Poll::Pending => {}
         }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(sleep_until(deadline.instant())));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-        }
+        ready!(this.timer.poll_elapsed(cx));
         Poll::Ready(Err(DeadlineExceeded::new(deadline, false).into()))
     }
 }

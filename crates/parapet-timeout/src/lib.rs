@@ -124,6 +124,7 @@ mod attempt;
 mod body;
 mod deadline;
 mod error;
+mod timer;
 
 pub use attempt::{AttemptTimeout, AttemptTimeoutLayer};
 pub use body::{BodyDeadline, TimeoutBody};
