@@ -243,8 +243,11 @@ impl AuthLayer {
     /// What to do with a 401 to a request sent with a cached token.
     ///
     /// To be able to send a request again, the layer keeps a copy of its
-    /// head (method, URI, headers, extensions) and a replay of its body for
-    /// the duration of the call; [`On401::Return`] saves that per-call copy.
+    /// head (method, URI, headers, extensions), a replay of its body and a
+    /// clone of the inner service, boxed, for the duration of the call;
+    /// [`On401::Return`] saves that per-call copy and allocation. Static
+    /// credentials never keep it (they have nothing to refresh: a 401 to
+    /// them is returned as it is, whatever this setting).
     ///
     /// Default: [`On401::Refresh`].
     #[must_use]

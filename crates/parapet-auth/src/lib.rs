@@ -52,6 +52,29 @@
 //!
 //! The token endpoint's own service must not go through this layer.
 //!
+//! # Cost per call
+//!
+//! - **Static credentials** (bearer, basic, API key): the header is inserted
+//!   (or the query pair appended, which builds a new URI) and the request
+//!   goes straight to the inner service. Nothing is kept for a re-send (a
+//!   static credential has nothing to refresh, so a 401 is returned as it
+//!   is): no copy of the request and no clone of the inner service; a
+//!   header credential allocates nothing (an API key in the query builds a
+//!   new URI, which does). The response future is the inner one plus a
+//!   discriminant and a pointer (16 bytes on 64-bit targets). As with every
+//!   credential, a body not yet replayable and not at its end is wrapped in
+//!   a [`parapet_core::ReplayBody`], which allocates its shared state.
+//! - **A cached token** with [`On401::Return`]: the same.
+//! - **A cached token** with [`On401::Refresh`] (the default) or
+//!   [`On401::RefreshIfInvalidToken`], and a body that can be replayed: to be
+//!   able to send the request again after a 401, a copy of its head
+//!   (method, URI, headers, extensions; the header map's copy allocates) and
+//!   a clone of the inner service are kept in one `Box` for the duration of
+//!   the call. The future stays the inner one plus 16 bytes.
+//! - **No token cached yet** (or one being fetched): the request and the
+//!   ready inner service wait in that same `Box`, beside the boxed wait for
+//!   the token; a clone of the inner service takes the ready one's place.
+//!
 //! # Example
 //!
 //! ```
