@@ -489,3 +489,83 @@ fn public_types_are_send_and_sync() {
     let mut svc = svc;
     send(&svc.call(Request::new(String::new())));
 }
+
+/// An inner service that counts its clones.
+#[derive(Debug)]
+struct Counted<S> {
+    inner: S,
+    clones: Arc<AtomicUsize>,
+}
+
+impl<S: Clone> Clone for Counted<S> {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            inner: self.inner.clone(),
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl<S: Service<Request<ReplayBody>>> Service<Request<ReplayBody>> for Counted<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_kept_for_a_resend_that_cannot_happen() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let get = || {
+        Request::get("http://api.test/")
+            .body(Full::new(Bytes::from("b")))
+            .unwrap()
+    };
+
+    // Static credentials: a 401 is returned, the inner service never cloned.
+    let seen = log();
+    let mut svc = AuthLayer::bearer("static").unwrap().layer(Counted {
+        inner: api(&seen, |_| status(401)),
+        clones: Arc::clone(&clones),
+    });
+    assert_eq!(call(&mut svc, get()).await.unwrap().status(), 401);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
+
+    // A cached token with On401::Return: no clone either.
+    let (p, _) = counting(Duration::ZERO);
+    let seen = log();
+    let mut svc = AuthLayer::provider(p).on_401(On401::Return).layer(Counted {
+        inner: api(&seen, |_| status(401)),
+        clones: Arc::clone(&clones),
+    });
+    call(&mut svc, get()).await.unwrap(); // fetches the first token
+    clones.store(0, Ordering::SeqCst);
+    assert_eq!(call(&mut svc, get()).await.unwrap().status(), 401);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
+
+    // With the default On401::Refresh, one spare clone per call for the
+    // re-send.
+    let (p, _) = counting(Duration::ZERO);
+    let seen = log();
+    let mut svc = AuthLayer::provider(p).layer(Counted {
+        inner: api(&seen, |_| status(200)),
+        clones: Arc::clone(&clones),
+    });
+    call(&mut svc, get()).await.unwrap();
+    clones.store(0, Ordering::SeqCst);
+    assert_eq!(call(&mut svc, get()).await.unwrap().status(), 200);
+    assert_eq!(clones.load(Ordering::SeqCst), 1);
+}
