@@ -125,9 +125,10 @@ pin_project! {
         end: Option<End>,
         idle: Option<Duration>,
         // What the timer stands for in the current wait; `None` when it is
-        // not armed for it (never armed, or a frame arrived since).
+        // not armed for it (never armed, or a frame arrived since). Once
+        // the body has failed it stays what failed it.
         armed: Option<Failure>,
-        failed: Option<Failure>,
+        failed: bool,
     }
 }
 
@@ -158,7 +159,7 @@ impl<B> TimeoutBody<B> {
             end: None,
             idle: None,
             armed: None,
-            failed: None,
+            failed: false,
         }
     }
 
@@ -193,7 +194,7 @@ impl<B> TimeoutBody<B> {
     /// Whether a time limit ended this body.
     #[must_use]
     pub const fn is_timed_out(&self) -> bool {
-        self.failed.is_some()
+        self.failed
     }
 }
 
@@ -210,7 +211,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        if let Some(failure) = *this.failed {
+        if let (true, Some(failure)) = (*this.failed, *this.armed) {
             return Poll::Ready(Some(Err(failure.to_error())));
         }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
@@ -269,7 +270,7 @@ where
             None => return Poll::Pending,
         }
 
-        *this.failed = Some(armed);
+        *this.failed = true;
         *this.timer = None;
         // Drop the inner body now: its connection must not be reused, and
         // whatever was held until the body's end is released.
@@ -278,12 +279,12 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed.is_none() && self.inner.as_ref().is_some_and(Body::is_end_stream)
+        !self.failed && self.inner.as_ref().is_some_and(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Some(inner) if self.failed.is_none() => inner.size_hint(),
+            Some(inner) if !self.failed => inner.size_hint(),
             _ => SizeHint::default(),
         }
     }
@@ -298,7 +299,7 @@ where
             .field("inner", &self.inner)
             .field("end", &self.end)
             .field("idle", &self.idle)
-            .field("failed", &self.failed)
+            .field("failed", &self.armed.filter(|_| self.failed))
             .finish_non_exhaustive()
     }
 }
