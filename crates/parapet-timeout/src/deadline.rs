@@ -152,9 +152,11 @@ where
         let own = now
             .checked_add(self.config.budget)
             .unwrap_or_else(|| far_future(now));
-        let deadline = Deadline::at(own).apply(req.extensions_mut());
+        // Read before the deadline is inserted: on a request without
+        // extensions (the common case) the look-up is then free.
         let cover_body = BodyDeadline::get(req.extensions())
             .map_or(self.config.cover_body, BodyDeadline::is_covered);
+        let deadline = Deadline::at(own).apply(req.extensions_mut());
         CallDeadlineFuture {
             inner: self.inner.call(req),
             timer: Timer::new(deadline.instant()),
