@@ -127,12 +127,34 @@ pin_project! {
         // What the timer stands for in the current wait; `None` when it is
         // not armed for it (never armed, or a frame arrived since). Once
         // the body has failed it stays what failed it.
-        armed: Option<Failure>,
+        armed: Option<Armed>,
         failed: bool,
     }
 }
 
-/// The timeout that ended the body, kept to answer later polls.
+/// What the timer is armed for (one byte; the `Failure` it stands for is
+/// derived from the body's limits when needed).
+#[derive(Debug, Clone, Copy)]
+enum Armed {
+    // For the fixed end (`end`).
+    End,
+    // For the idle limit (`idle`).
+    Idle,
+}
+
+impl Armed {
+    /// What the timer armed for this stands for.
+    fn failure(self, end: Option<End>, idle: Option<Duration>) -> Failure {
+        match (self, end, idle) {
+            (Self::End, Some(end), _) | (Self::Idle, Some(end), None) => end.failure(),
+            (_, _, Some(idle)) => Failure::Idle(idle),
+            // Unreachable: a timer is armed only for a limit that is set.
+            (_, None, None) => Failure::Idle(Duration::ZERO),
+        }
+    }
+}
+
+/// The timeout a body fails with.
 #[derive(Debug, Clone, Copy)]
 enum Failure {
     Deadline(Deadline),
@@ -211,7 +233,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        if let (true, Some(failure)) = (*this.failed, *this.armed) {
+        if let (true, Some(armed)) = (*this.failed, *this.armed) {
+            let failure = armed.failure(*this.end, *this.idle);
             return Poll::Ready(Some(Err(failure.to_error())));
         }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
@@ -242,7 +265,7 @@ where
             None => {
                 let (at, armed) = match (*this.idle, *this.end) {
                     (None, None) => return Poll::Pending,
-                    (None, Some(end)) => (end.instant(), end.failure()),
+                    (None, Some(end)) => (end.instant(), Armed::End),
                     (Some(idle), end) => {
                         let now = Instant::now();
                         let idle_at = now
@@ -251,8 +274,8 @@ where
                         match end {
                             // NOTE: on a tie the hard end wins; it is the
                             // stricter promise to the caller.
-                            Some(end) if end.instant() <= idle_at => (end.instant(), end.failure()),
-                            _ => (idle_at, Failure::Idle(idle)),
+                            Some(end) if end.instant() <= idle_at => (end.instant(), Armed::End),
+                            _ => (idle_at, Armed::Idle),
                         }
                     }
                 };
@@ -275,7 +298,7 @@ where
         // Drop the inner body now: its connection must not be reused, and
         // whatever was held until the body's end is released.
         this.inner.set(None);
-        Poll::Ready(Some(Err(armed.to_error())))
+        Poll::Ready(Some(Err(armed.failure(*this.end, *this.idle).to_error())))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -299,7 +322,13 @@ where
             .field("inner", &self.inner)
             .field("end", &self.end)
             .field("idle", &self.idle)
-            .field("failed", &self.armed.filter(|_| self.failed))
+            .field(
+                "failed",
+                &self
+                    .armed
+                    .filter(|_| self.failed)
+                    .map(|armed| armed.failure(self.end, self.idle)),
+            )
             .finish_non_exhaustive()
     }
 }

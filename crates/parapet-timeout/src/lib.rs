@@ -109,7 +109,7 @@
 //!   adds 120 bytes to the inner one.
 //! - [`AttemptTimeoutLayer`]: about 65–80 ns and no allocation; its
 //!   response future adds 168 bytes.
-//! - Each layer wraps the body in a [`TimeoutBody`], which adds 96 bytes
+//! - Each layer wraps the body in a [`TimeoutBody`], which adds 72 bytes
 //!   to the inner body.
 //!
 //! **Timers.** No timer exists until it is needed: a response future holds
