@@ -102,12 +102,12 @@
 //! Measured with the workspace's `benches` (an inner service that answers
 //! at once, so no timer is ever armed; see `BENCHMARKS.md` for the method):
 //!
-//! - [`DeadlineLayer`]: about 80–100 ns and 3 allocations over the bare
+//! - [`DeadlineLayer`]: about 75–95 ns and 3 allocations over the bare
 //!   service, the allocations being `http::Extensions`' first insert (the
 //!   map, its table and the boxed [`Deadline`](parapet_core::Deadline)); a
 //!   request that already carries extensions pays one. Its response future
 //!   adds 120 bytes to the inner one.
-//! - [`AttemptTimeoutLayer`]: about 65–80 ns and no allocation; its
+//! - [`AttemptTimeoutLayer`]: about 55–80 ns and no allocation; its
 //!   response future adds 168 bytes.
 //! - Each layer wraps the body in a [`TimeoutBody`], which adds 72 bytes
 //!   to the inner body.
