@@ -348,7 +348,7 @@ async fn invalid_urls_are_errors_not_panics() {
         "http:///nohost",
         "relative/without/base",
         "ftp://127.0.0.1/file",
-        "http://exa mple.com/",
+        "http://exa mple.test/",
     ] {
         let start = Instant::now();
         let e = client.get(url).send().await.unwrap_err();

@@ -197,7 +197,7 @@ async fn an_unknown_method_is_named_http() {
     let svc = TraceLayer::new().layer(upstream);
     let req = Request::builder()
         .method("PURGE")
-        .uri("http://cache/x")
+        .uri("http://cache.test/x")
         .body(Full::default())
         .unwrap();
     svc.oneshot(req).await.unwrap();
