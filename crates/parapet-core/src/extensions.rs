@@ -1,16 +1,44 @@
 //! Request extensions that the layers share.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use http::Extensions;
 use tokio::time::Instant;
 
+thread_local! {
+    /// The deadline of the call being polled on this thread, if any: set by
+    /// [`Deadline::enter`] for as long as its guard lives.
+    static IN_SCOPE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
 /// The instant by which the whole call must be finished, retries and waits
 /// included.
 ///
-/// The deadline layer sets it; every inner layer reads it and never starts a
-/// wait that would end after it. A caller may set it per request; when two
-/// deadlines meet, the earlier one wins ([`Deadline::apply`]).
+/// Every layer reads it with [`Deadline::current`] and never starts a wait
+/// that would end after it. It reaches them in one of two ways, and when
+/// two deadlines meet the earlier one wins:
+///
+/// - **in the request's extensions**, where a caller may put one per request
+///   ([`Deadline::apply`]); it travels with the request wherever it goes,
+///   across tasks too;
+/// - **in scope**: the deadline layer makes the call's deadline the one in
+///   force ([`Deadline::enter`]) while it calls the inner service and while
+///   it polls the inner future, the way a tracing span is entered. Every
+///   layer inside it sees the deadline during its `call` and its `poll`,
+///   and the request does not carry it. This is what the deadline layer
+///   does by default, because it is free: inserting a value into a
+///   request's empty extensions costs three heap allocations, and a retry
+///   layer that keeps a copy of the request pays them again, six per call
+///   for a number every layer could have read from scope.
+///
+/// A deadline in scope does not cross a task boundary: an inner layer that
+/// hands the request to another task (`tower::buffer`, a spawned future)
+/// does not see it there, while one in the extensions travels along; the
+/// deadline layer can put it in the extensions too when asked. A call made
+/// from inside another call's future (a lookup a custom layer makes while
+/// it is polled) inherits the outer deadline, like a context in Go.
 ///
 /// ```
 /// use std::time::Duration;
@@ -64,10 +92,87 @@ impl Deadline {
         wait > self.remaining()
     }
 
-    /// The deadline carried by these extensions, if any.
+    /// The deadline carried by these extensions, if any (only that one;
+    /// [`current`](Self::current) is what layers should read).
     #[must_use]
     pub fn get(ext: &Extensions) -> Option<Self> {
         ext.get::<Self>().copied()
+    }
+
+    /// The deadline in force for a request with these extensions: the
+    /// earlier of the one they carry and the one [in scope](Self::in_scope).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use parapet_core::Deadline;
+    ///
+    /// let mut req = http::Request::new(());
+    /// assert_eq!(Deadline::current(req.extensions()), None);
+    ///
+    /// let call = Deadline::after(Duration::from_secs(10));
+    /// let _in_scope = call.enter();
+    /// assert_eq!(Deadline::current(req.extensions()), Some(call));
+    ///
+    /// // One the request carries counts when it is earlier.
+    /// let sooner = Deadline::after(Duration::from_secs(1));
+    /// sooner.apply(req.extensions_mut());
+    /// assert_eq!(Deadline::current(req.extensions()), Some(sooner));
+    /// ```
+    #[must_use]
+    pub fn current(ext: &Extensions) -> Option<Self> {
+        match (Self::get(ext), Self::in_scope()) {
+            (Some(carried), Some(scoped)) => Some(carried.min(scoped)),
+            (carried, scoped) => carried.or(scoped),
+        }
+    }
+
+    /// The deadline of the call whose future (or `call`) is running on this
+    /// thread, if a deadline layer (or anyone) [entered](Self::enter) one.
+    #[must_use]
+    pub fn in_scope() -> Option<Self> {
+        IN_SCOPE.try_with(Cell::get).ok().flatten().map(Self)
+    }
+
+    /// Makes this deadline the one in scope on this thread until the guard
+    /// is dropped (if one is in scope already, the earlier of the two), then
+    /// restores the one before.
+    ///
+    /// A layer enters its call's deadline around its inner service's `call`
+    /// and around each poll of the inner future, never across an `.await`
+    /// of its own: the guard is not `Send`, so it cannot be held across one
+    /// in a future that must be.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use parapet_core::Deadline;
+    ///
+    /// let outer = Deadline::after(Duration::from_secs(5));
+    /// {
+    ///     let _a = outer.enter();
+    ///     {
+    ///         // A later deadline does not extend the one in scope.
+    ///         let _b = Deadline::after(Duration::from_secs(60)).enter();
+    ///         assert_eq!(Deadline::in_scope(), Some(outer));
+    ///     }
+    ///     assert_eq!(Deadline::in_scope(), Some(outer));
+    /// }
+    /// assert_eq!(Deadline::in_scope(), None);
+    /// ```
+    #[must_use = "the deadline is in scope only while the guard lives"]
+    pub fn enter(self) -> DeadlineScope {
+        let before = IN_SCOPE
+            .try_with(|cell| {
+                let before = cell.get();
+                let now_in_force = before.map_or(self.0, |b| b.min(self.0));
+                cell.set(Some(now_in_force));
+                before
+            })
+            .ok()
+            .flatten();
+        DeadlineScope {
+            before,
+            _not_send: PhantomData,
+        }
     }
 
     /// Stores this deadline unless an earlier one is already there, and
@@ -80,6 +185,23 @@ impl Deadline {
                 self
             }
         }
+    }
+}
+
+/// The guard of [`Deadline::enter`]: while it lives, the deadline is the one
+/// in scope on this thread; dropping it restores the one before.
+#[derive(Debug)]
+pub struct DeadlineScope {
+    before: Option<Instant>,
+    // Entered on one thread, restored on the same one.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for DeadlineScope {
+    fn drop(&mut self) {
+        let before = self.before;
+        // Fails only while the thread is being torn down.
+        let _ = IN_SCOPE.try_with(|cell| cell.set(before));
     }
 }
 
@@ -183,6 +305,40 @@ mod tests {
     async fn huge_budget_does_not_overflow() {
         let d = Deadline::after(Duration::MAX);
         assert!(d.remaining() > Duration::from_secs(86_400 * 365));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scope_nests_restores_and_meets_the_extension() {
+        let mut ext = Extensions::new();
+        let outer = Deadline::after(Duration::from_secs(10));
+        let inner = Deadline::after(Duration::from_secs(3));
+        assert_eq!(Deadline::current(&ext), None);
+        {
+            let _o = outer.enter();
+            assert_eq!(Deadline::current(&ext), Some(outer));
+            {
+                let _i = inner.enter();
+                assert_eq!(Deadline::in_scope(), Some(inner));
+            }
+            assert_eq!(Deadline::in_scope(), Some(outer));
+            let carried = Deadline::after(Duration::from_secs(20));
+            carried.apply(&mut ext);
+            // The later one the request carries does not extend the scope's.
+            assert_eq!(Deadline::current(&ext), Some(outer));
+        }
+        assert_eq!(Deadline::in_scope(), None);
+        assert_eq!(Deadline::current(&ext), Deadline::get(&ext));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scope_is_restored_when_a_panic_unwinds() {
+        let d = Deadline::after(Duration::from_secs(1));
+        let caught = std::panic::catch_unwind(|| {
+            let _s = d.enter();
+            panic!("unwinding through the scope");
+        });
+        assert!(caught.is_err());
+        assert_eq!(Deadline::in_scope(), None);
     }
 
     #[test]

@@ -48,7 +48,7 @@ mod retry_after;
 mod server_limit;
 mod sf;
 
-pub use extensions::{Attempt, Deadline, far_future};
+pub use extensions::{Attempt, Deadline, DeadlineScope, far_future};
 pub use httpdate::{fmt_http_date, parse_http_date};
 pub use idempotency::{
     IDEMPOTENCY_KEY, Idempotency, IdempotencyKey, IdempotencyRules, is_idempotent_method,
