@@ -25,7 +25,7 @@ impl WaitPolicy {
             now.checked_add(w)
                 .unwrap_or_else(|| parapet_core::far_future(now))
         });
-        let deadline = Deadline::get(ext).map(Deadline::instant);
+        let deadline = Deadline::current(ext).map(Deadline::instant);
         match (own, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -59,5 +59,21 @@ mod tests {
             reject: true,
         };
         assert_eq!(reject.latest(now, &ext), Some(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_in_scope_bounds_the_wait_too() {
+        let now = Instant::now();
+        let ext = Extensions::new();
+        let own = WaitPolicy {
+            max_wait: Some(Duration::from_secs(5)),
+            reject: false,
+        };
+        let _scope = Deadline::at(now + Duration::from_secs(1)).enter();
+        assert_eq!(own.latest(now, &ext), Some(now + Duration::from_secs(1)));
+        assert_eq!(
+            WaitPolicy::default().latest(now, &ext),
+            Some(now + Duration::from_secs(1))
+        );
     }
 }

@@ -177,7 +177,7 @@ where
         let own = now
             .checked_add(self.config.limit)
             .unwrap_or_else(|| far_future(now));
-        let (at, by_deadline) = match Deadline::get(req.extensions()) {
+        let (at, by_deadline) = match Deadline::current(req.extensions()) {
             // NOTE: on a tie the deadline is reported: no attempt can follow.
             Some(deadline) if deadline.instant() <= own => (deadline.instant(), true),
             _ => (own, false),

@@ -19,12 +19,22 @@ use crate::timer::Timer;
 /// Sets a deadline for the whole call, retries and waits included, and fails
 /// the call with [`DeadlineExceeded`] when it passes.
 ///
-/// On each call the layer stores a [`Deadline`] `budget` from now in the
-/// request's extensions, unless the caller already put an earlier one there
-/// (the earlier deadline always wins, see [`Deadline::apply`]). Every layer
-/// beneath reads it and never starts a wait that would end after it. By
-/// default the deadline also covers reading the response body; see
+/// On each call the deadline is `budget` from now, or the one already in
+/// force if that is earlier: a [`Deadline`] the caller put in the request's
+/// extensions, or the deadline of an enclosing call (see
+/// [`Deadline::current`]). The layer makes it the deadline *in scope*
+/// ([`Deadline::enter`]) while it calls its inner service and while it polls
+/// the inner future, so every layer beneath reads it with
+/// [`Deadline::current`] and never starts a wait that would end after it.
+/// By default the deadline also covers reading the response body; see
 /// [`cover_body`](Self::cover_body) and [`BodyDeadline`].
+///
+/// The request's extensions are left alone unless you ask for
+/// [`in_extensions`](Self::in_extensions): a value in empty extensions costs
+/// three heap allocations, and a retry layer's copy of the request three
+/// more, for a number the inner layers can read from scope for free. Ask for
+/// it when a layer beneath hands the request to another task (a
+/// `tower::buffer::Buffer`, say), where the scope does not reach.
 ///
 /// Place it outside the retry layer, so that its budget spans every attempt
 /// and the waits between them.
@@ -38,19 +48,20 @@ use crate::timer::Timer;
 ///
 /// let mut svc = ServiceBuilder::new()
 ///     .layer(DeadlineLayer::new(Duration::from_secs(10)))
-///     .service_fn(|req: http::Request<()>| async move {
-///         // Inner layers see the deadline.
-///         let left = Deadline::get(req.extensions()).unwrap().remaining();
-///         Ok::<_, std::convert::Infallible>(http::Response::new(format!("{left:?}")))
+///     .service_fn(|req: http::Request<()>| {
+///         // Inner layers see the deadline while they are called and polled.
+///         let left = Deadline::current(req.extensions()).unwrap().remaining();
+///         async move { Ok::<_, std::convert::Infallible>(http::Response::new(left)) }
 ///     });
 /// let res = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
-/// assert_eq!(res.status(), 200);
+/// assert_eq!(res.body().get_ref(), Some(&Duration::from_secs(10)));
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
     budget: Duration,
     cover_body: bool,
+    in_extensions: bool,
 }
 
 impl DeadlineLayer {
@@ -62,6 +73,7 @@ impl DeadlineLayer {
         Self {
             budget,
             cover_body: true,
+            in_extensions: false,
         }
     }
 
@@ -71,6 +83,37 @@ impl DeadlineLayer {
     #[must_use]
     pub const fn cover_body(mut self, cover: bool) -> Self {
         self.cover_body = cover;
+        self
+    }
+
+    /// Whether the deadline is also stored in each request's extensions
+    /// ([`Deadline::apply`]), where it travels with the request to other
+    /// tasks.
+    ///
+    /// Default: `false`: inner layers read the deadline from scope (see the
+    /// type's docs), which costs nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use parapet_core::Deadline;
+    /// use parapet_timeout::DeadlineLayer;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    ///
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(DeadlineLayer::new(Duration::from_secs(10)).in_extensions(true))
+    ///     .service_fn(|req: http::Request<()>| async move {
+    ///         // The request itself carries it, even inside the async block.
+    ///         let carried = Deadline::get(req.extensions()).is_some();
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(carried))
+    ///     });
+    /// let res = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+    /// assert_eq!(res.body().get_ref(), Some(&true));
+    /// # }
+    /// ```
+    #[must_use]
+    pub const fn in_extensions(mut self, store: bool) -> Self {
+        self.in_extensions = store;
         self
     }
 
@@ -152,13 +195,21 @@ where
         let own = now
             .checked_add(self.config.budget)
             .unwrap_or_else(|| far_future(now));
-        // Read before the deadline is inserted: on a request without
-        // extensions (the common case) the look-up is then free.
         let cover_body = BodyDeadline::get(req.extensions())
             .map_or(self.config.cover_body, BodyDeadline::is_covered);
-        let deadline = Deadline::at(own).apply(req.extensions_mut());
+        let deadline = match Deadline::current(req.extensions()) {
+            Some(earlier) if earlier.instant() <= own => earlier,
+            _ => Deadline::at(own),
+        };
+        if self.config.in_extensions {
+            deadline.apply(req.extensions_mut());
+        }
+        let inner = {
+            let _scope = deadline.enter();
+            self.inner.call(req)
+        };
         CallDeadlineFuture {
-            inner: self.inner.call(req),
+            inner,
             timer: Timer::new(deadline.instant()),
             cover_body,
             expired: deadline.instant() <= now,
@@ -198,7 +249,11 @@ where
         if *this.expired {
             return Poll::Ready(Err(DeadlineExceeded::new(deadline, false).into()));
         }
-        match this.inner.poll(cx) {
+        let polled = {
+            let _scope = deadline.enter();
+            this.inner.poll(cx)
+        };
+        match polled {
             Poll::Ready(Ok(res)) => {
                 let cover_body = *this.cover_body;
                 return Poll::Ready(Ok(res.map(|body| {
@@ -261,7 +316,7 @@ mod tests {
         Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>>,
     > + Clone {
         service_fn(move |req: Request<()>| {
-            *seen.lock().unwrap() = Deadline::get(req.extensions());
+            *seen.lock().unwrap() = Deadline::current(req.extensions());
             async move {
                 sleep(delay).await;
                 Ok(Response::new(Full::from("ok")))
@@ -281,6 +336,62 @@ mod tests {
         let exceeded = err.downcast_ref::<DeadlineExceeded>().unwrap();
         assert!(!exceeded.is_body());
         assert_eq!(exceeded.deadline().instant(), start + SEC);
+        assert_eq!(seen.lock().unwrap().unwrap().instant(), start + SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_in_scope_for_the_inner_call_and_polls_only() {
+        let start = Instant::now();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let inner = service_fn(move |req: Request<()>| {
+            let log = Arc::clone(&log);
+            // In `call`: in scope, and not in the request's extensions.
+            log.lock().unwrap().push(Deadline::in_scope());
+            log.lock().unwrap().push(Deadline::get(req.extensions()));
+            async move {
+                sleep(SEC).await;
+                // In every poll, after a wait too.
+                log.lock().unwrap().push(Deadline::in_scope());
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }
+        });
+        let svc = DeadlineLayer::new(3 * SEC).layer(inner);
+        svc.oneshot(Request::new(())).await.unwrap();
+
+        let d = Some(Deadline::at(start + 3 * SEC));
+        assert_eq!(*seen.lock().unwrap(), vec![d, None, d]);
+        // Gone once the call's future is not being polled.
+        assert_eq!(Deadline::in_scope(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_extensions_stores_it_in_the_request_too() {
+        let start = Instant::now();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let log = Arc::clone(&seen);
+        let inner = service_fn(move |req: Request<()>| {
+            *log.lock().unwrap() = Deadline::get(req.extensions());
+            async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+        });
+        let svc = DeadlineLayer::new(3 * SEC).in_extensions(true).layer(inner);
+        svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), Some(Deadline::at(start + 3 * SEC)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nested_deadline_layer_keeps_the_outer_earlier_deadline() {
+        let seen = Arc::default();
+        let svc = ServiceBuilder::new()
+            .layer(DeadlineLayer::new(SEC))
+            .layer(DeadlineLayer::new(10 * SEC))
+            .service(slow(5 * SEC, Arc::clone(&seen)));
+        let start = Instant::now();
+
+        let err = svc.oneshot(Request::new(())).await.unwrap_err();
+
+        assert_elapsed(start, SEC);
+        assert!(err.is::<DeadlineExceeded>());
         assert_eq!(seen.lock().unwrap().unwrap().instant(), start + SEC);
     }
 
