@@ -15,7 +15,10 @@
 //!   fields and GitHub's conventions, as one parsed answer.
 //! - **Replayable bodies** ([`ReplayBody`]): stream once, keep a copy up to a
 //!   cap, send again byte for byte.
-//! - **Shared request extensions** ([`Deadline`], [`Attempt`]).
+//! - **What layers share about a call** ([`Deadline`], [`Attempt`]): in the
+//!   request's extensions, or, for the call's deadline, in scope while the
+//!   deadline layer calls and polls its inner service ([`Deadline::current`]);
+//!   and one clock read for a call's set-up ([`clock`]).
 //! - **Jitter** ([`Jitter`]): random in production, scripted in tests.
 //!
 //! Time is always `tokio::time`, so tests pause and advance it.
@@ -39,6 +42,7 @@
 //! assert_eq!(limit.and_then(|l| l.wait()), Some(Duration::from_secs(7)));
 //! ```
 
+pub mod clock;
 mod extensions;
 mod httpdate;
 mod idempotency;

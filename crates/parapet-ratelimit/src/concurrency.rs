@@ -286,7 +286,7 @@ where
         }
         let sem = semaphore(&self.slots);
         let error = ConcurrencyLimited::new(self.limit, Duration::ZERO);
-        let now = Instant::now();
+        let now = parapet_core::clock::now();
         let latest = self.wait.latest(now, req.extensions());
         if latest.is_some_and(|latest| latest <= now) {
             return ConcurrencyLimitFuture {

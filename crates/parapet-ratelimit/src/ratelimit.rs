@@ -356,7 +356,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let now = Instant::now();
+        let now = parapet_core::clock::now();
         let earliest = {
             let key = self.buckets.is_keyed().then(|| AuthorityRef::of(&req));
             let key = key.as_ref().map(|k| k as &dyn AuthorityKey);

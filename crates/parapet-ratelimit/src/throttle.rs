@@ -107,7 +107,7 @@ impl Gates {
         if self.active.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
-        let now = Instant::now();
+        let now = parapet_core::clock::now();
         let key = target.key();
         let key = &key as &dyn AuthorityKey;
         let mut map = lock(&self.map);

@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::{Request, Response};
 use parapet_core::{BoxError, Deadline, far_future};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -173,7 +172,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let now = Instant::now();
+        // The clock read an outer layer holds for this call's set-up, if any.
+        let now = parapet_core::clock::now();
         let own = now
             .checked_add(self.config.limit)
             .unwrap_or_else(|| far_future(now));
@@ -260,6 +260,7 @@ mod tests {
     use super::*;
     use crate::BodyTimedOut;
     use crate::test_support::{DropFlag, Script, assert_elapsed};
+    use tokio::time::Instant;
 
     const SEC: Duration = Duration::from_secs(1);
 

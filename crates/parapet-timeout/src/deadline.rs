@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::{Request, Response};
 use parapet_core::{BoxError, Deadline, far_future};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -191,7 +190,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let now = Instant::now();
+        let now = parapet_core::clock::now();
         let own = now
             .checked_add(self.config.budget)
             .unwrap_or_else(|| far_future(now));
@@ -206,6 +205,9 @@ where
         }
         let inner = {
             let _scope = deadline.enter();
+            // The layers beneath set the call up within the same
+            // microsecond: they share this clock read.
+            let _now = parapet_core::clock::hold(now);
             self.inner.call(req)
         };
         CallDeadlineFuture {
@@ -302,6 +304,7 @@ mod tests {
     use super::*;
     use crate::test_support::{DropFlag, Script, assert_elapsed};
     use crate::{AttemptTimedOut, AttemptTimeoutLayer, BodyTimedOut};
+    use tokio::time::Instant;
 
     const SEC: Duration = Duration::from_secs(1);
 
