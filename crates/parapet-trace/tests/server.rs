@@ -106,6 +106,40 @@ async fn a_callers_id_is_kept_on_every_attempt() {
 }
 
 #[tokio::test]
+async fn without_the_response_record_every_attempt_still_carries_the_id() {
+    let _guard = listen();
+    let server = Server::start().await;
+    server
+        .on("/flaky")
+        .fail_times(1, Reply::status(503))
+        .then(Reply::ok());
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer::new().record_in_response(false))
+        .layer_fn(|inner| TestRetry { inner, max: 2 })
+        .service(hyper_client());
+
+    let req = Request::get(server.url("/flaky"))
+        .body(Full::default())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(RequestId::get(res.extensions()).is_none());
+    // Over hyper-util's `HttpConnector` the response's extensions are not
+    // empty (`HttpInfo`): what `record_in_response`'s docs count on.
+    assert!(
+        res.extensions()
+            .get::<hyper_util::client::legacy::connect::HttpInfo>()
+            .is_some()
+    );
+
+    let arrivals = server.arrivals_for("/flaky");
+    assert_eq!(arrivals.len(), 2);
+    let sent = arrivals[0].header("x-request-id").unwrap();
+    assert_eq!(sent.len(), 36);
+    assert_eq!(arrivals[1].header("x-request-id"), Some(sent));
+}
+
+#[tokio::test]
 async fn a_planted_secret_reaches_the_server_but_no_log_line() {
     const SECRET: &str = "PLANTED-9d1e77";
     let (sub, capture, lines) = support::subscriber();
