@@ -376,13 +376,11 @@ impl ClientBuilder {
             }
         };
         let stack = self.layers.assemble(transport)?;
-        Ok(Client::from_parts(
+        Ok(Client::from_parts(Shared {
             stack,
-            Shared {
-                base,
-                default_headers: self.default_headers,
-                replay_cap: self.replay_cap,
-            },
-        ))
+            base,
+            default_headers: self.default_headers,
+            replay_cap: self.replay_cap,
+        }))
     }
 }

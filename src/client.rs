@@ -13,14 +13,71 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body::Body as HttpBody;
 use parapet_core::{BoxError, Deadline, Idempotency, IdempotencyKey, ReplayBody};
 use serde::Serialize;
-use tower::Service;
-use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
 
 use crate::body::Body;
 use crate::error::Error;
 use crate::response::Response;
 
-pub(crate) type Stack = BoxCloneSyncService<Request<ReplayBody>, http::Response<Body>, BoxError>;
+/// The boxed future of one call through the stack.
+type StackFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+
+/// The assembled stack, its type erased so that [`Client`] has one type
+/// whatever its configuration.
+///
+/// Unlike `tower::util::BoxCloneSyncService`, cloning the client does not
+/// clone the stack (a `Client` is one `Arc`), and a call does not allocate a
+/// clone of it either: the concrete stack is cloned on the call's own
+/// frame, as tower's readiness contract asks, driven ready and called; only
+/// the response future is boxed.
+pub(crate) struct Stack(Box<dyn ErasedStack>);
+
+impl Stack {
+    pub(crate) fn new<S>(svc: S) -> Self
+    where
+        S: Service<Request<ReplayBody>, Response = http::Response<Body>, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self(Box::new(svc))
+    }
+
+    fn call(&self, req: Request<ReplayBody>) -> StackFuture {
+        ErasedStack::call(&*self.0, req)
+    }
+}
+
+trait ErasedStack: Send + Sync {
+    fn call(&self, req: Request<ReplayBody>) -> StackFuture;
+}
+
+impl<S> ErasedStack for S
+where
+    S: Service<Request<ReplayBody>, Response = http::Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, req: Request<ReplayBody>) -> StackFuture {
+        let mut svc = self.clone();
+        // Every parapet layer's `poll_ready` only forwards, and hyper-util's
+        // client is always ready, so the first look nearly always finds the
+        // stack ready and the call goes ahead at once. A transport that is
+        // not ready is waited for inside the future, with the caller's
+        // waker (`oneshot` polls readiness again).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Service::poll_ready(&mut svc, &mut cx) {
+            Poll::Ready(Ok(())) => Box::pin(Service::call(&mut svc, req)),
+            Poll::Ready(Err(e)) => Box::pin(std::future::ready(Err(e))),
+            Poll::Pending => Box::pin(svc.oneshot(req)),
+        }
+    }
+}
 
 /// A resilient HTTP client: the recommended stack of parapet layers over
 /// hyper-util, built by [`ClientBuilder`](crate::ClientBuilder).
@@ -37,20 +94,19 @@ pub(crate) type Stack = BoxCloneSyncService<Request<ReplayBody>, http::Response<
 ///   are added in both cases.
 #[derive(Clone)]
 pub struct Client {
-    stack: Stack,
     shared: Arc<Shared>,
 }
 
 pub(crate) struct Shared {
+    pub(crate) stack: Stack,
     pub(crate) base: Option<Uri>,
     pub(crate) default_headers: HeaderMap,
     pub(crate) replay_cap: usize,
 }
 
 impl Client {
-    pub(crate) fn from_parts(stack: Stack, shared: Shared) -> Self {
+    pub(crate) fn from_parts(shared: Shared) -> Self {
         Self {
-            stack,
             shared: Arc::new(shared),
         }
     }
@@ -267,14 +323,16 @@ where
     type Error = BoxError;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.stack.poll_ready(cx)
+    /// Always ready: the stack is driven ready inside each call's future
+    /// (every parapet layer waits there, never in `poll_ready`).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.prepare(req) {
             Ok(req) => ResponseFuture {
-                inner: Inner::Call(self.stack.call(req)),
+                inner: Inner::Call(self.shared.stack.call(req)),
             },
             Err(e) => ResponseFuture {
                 inner: Inner::Failed(Some(e)),
@@ -290,7 +348,7 @@ pub struct ResponseFuture {
 }
 
 enum Inner {
-    Call(<Stack as Service<Request<ReplayBody>>>::Future),
+    Call(StackFuture),
     Failed(Option<Error>),
 }
 
@@ -482,19 +540,14 @@ impl RequestBuilder {
     /// with an error status is not an error here; use
     /// [`Response::error_for_status`].
     pub async fn send(self) -> Result<Response, Error> {
-        // The builder's own clone of the client is the one that sends: no
-        // second clone of the stack per call.
         let Self {
-            mut client,
+            client,
             parts,
             body,
         } = self;
         let (parts, ()) = parts?.into_parts();
         let req = client.prepare(Request::from_parts(parts, body))?;
-        std::future::poll_fn(|cx| client.stack.poll_ready(cx))
-            .await
-            .map_err(crate::classify::classify)?;
-        match client.stack.call(req).await {
+        match client.shared.stack.call(req).await {
             Ok(resp) => Ok(Response::new(resp)),
             Err(e) => Err(crate::classify::classify(e)),
         }

@@ -19,7 +19,6 @@ use parapet_timeout::{
     AttemptTimedOut, AttemptTimeoutLayer, BodyTimedOut, DeadlineExceeded, DeadlineLayer,
 };
 use parapet_trace::{AttemptTraceLayer, RequestIdLayer, TraceLayer, default_error_type};
-use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::Body;
@@ -240,6 +239,42 @@ impl LayerConfig {
         let attempt_trace = self
             .tracing
             .then(|| AttemptTraceLayer::new().error_type(error_type));
+        if let (
+            Some(request_id),
+            Some(trace),
+            Some(deadline),
+            Some(retry),
+            Some(attempt_trace),
+            Some(throttle),
+            Some(attempt_timeout),
+        ) = (
+            &self.request_id,
+            &trace,
+            self.deadline,
+            &retry,
+            &attempt_trace,
+            &self.throttle,
+            &attempt_timeout,
+        ) {
+            // The default shape: every layer that is on by default is on,
+            // so none of them needs the on/off wrapper, which costs a branch
+            // and a re-wrapped response and body per layer per call. Only
+            // the layers that are off by default keep it.
+            let svc = ServiceBuilder::new()
+                .layer(request_id.clone())
+                .layer(trace.clone())
+                .layer(DeadlineLayer::new(deadline))
+                .layer(retry.clone())
+                .layer(attempt_trace.clone())
+                .layer(throttle.clone())
+                .layer(Optional(self.rate_limit.clone()))
+                .layer(Optional(self.auth.clone()))
+                .layer(Optional(self.concurrency_limit.clone()))
+                .layer(*attempt_timeout)
+                .service(transport);
+            let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
+            return Ok(Stack::new(svc));
+        }
         let svc = ServiceBuilder::new()
             .layer(Optional(self.request_id.clone()))
             .layer(Optional(trace))
@@ -251,10 +286,19 @@ impl LayerConfig {
             .layer(Optional(self.auth.clone()))
             .layer(Optional(self.concurrency_limit.clone()))
             .layer(Optional(attempt_timeout))
-            .service(transport)
-            .map_response(|r| r.map(Body::new));
-        Ok(BoxCloneSyncService::new(svc))
+            .service(transport);
+        let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
+        Ok(Stack::new(svc))
     }
+}
+
+/// The stack's response with its body boxed into the facade's [`Body`].
+fn boxed_body<B>(res: http::Response<B>) -> http::Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    res.map(Body::new)
 }
 
 /// What a layer's own error type says happened, if `e` is one.
