@@ -13,6 +13,17 @@
 //! is only for the synchronous descent of `call`, never across a poll: a
 //! future that waited must see the time it woke at.
 //!
+//! A second saving is for timers. Over the network every call waits, and
+//! each layer with a limit (the call's deadline, the attempt's timeout)
+//! would register a timer with tokio, about as costly as the rest of the
+//! layer. But a deadline layer only needs its own timer if nothing beneath
+//! it will wake the task before its deadline: a future that has just
+//! registered a timer with the context it was polled with says so with
+//! [`will_wake_by`], and a layer above learns the earliest such promise of
+//! one poll of its inner future with [`watch_wakeups`]. A promise is only
+//! ever a reason to *skip* a timer whose instant is no earlier: the worst a
+//! missing promise costs is one more timer.
+//!
 //! ```
 //! use parapet_core::clock;
 //! use tokio::time::Instant;
@@ -33,6 +44,7 @@ use tokio::time::Instant;
 
 thread_local! {
     static HELD: Cell<Option<Instant>> = const { Cell::new(None) };
+    static WAKE_BY: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The current instant: the one [held](hold) on this thread, if any, else a
@@ -57,6 +69,45 @@ pub fn hold(at: Instant) -> Held {
         before,
         _not_send: PhantomData,
     }
+}
+
+/// Says that the future being polled holds a timer, registered during this
+/// poll with the context it was given, that will wake its task at `at` or
+/// earlier.
+///
+/// Call it only right after a timer's `poll` returned `Pending`: a promise
+/// that is not kept could let a layer above skip the timer it needed.
+#[inline]
+pub fn will_wake_by(at: Instant) {
+    let _ = WAKE_BY.try_with(|cell| {
+        let earliest = cell.get().map_or(at, |e| e.min(at));
+        cell.set(Some(earliest));
+    });
+}
+
+/// Runs `poll` (one poll of an inner future) and returns, with its result,
+/// the earliest [`will_wake_by`] made during it, if any.
+///
+/// Promises made inside are not seen by an enclosing `watch_wakeups`: a
+/// layer that wants to pass one on makes it again itself.
+///
+/// ```
+/// use std::time::Duration;
+/// use parapet_core::clock;
+/// use tokio::time::Instant;
+///
+/// let soon = Instant::now() + Duration::from_secs(1);
+/// let ((), promised) = clock::watch_wakeups(|| clock::will_wake_by(soon));
+/// assert_eq!(promised, Some(soon));
+/// let ((), promised) = clock::watch_wakeups(|| ());
+/// assert_eq!(promised, None);
+/// ```
+#[inline]
+pub fn watch_wakeups<R>(poll: impl FnOnce() -> R) -> (R, Option<Instant>) {
+    let outer = WAKE_BY.try_with(|cell| cell.replace(None)).ok().flatten();
+    let out = poll();
+    let inner = WAKE_BY.try_with(|cell| cell.replace(outer)).ok().flatten();
+    (out, inner)
 }
 
 /// The guard of [`hold`].
@@ -97,5 +148,25 @@ mod tests {
             assert_eq!(now(), t0);
         }
         assert_eq!(now(), t0 + Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn promises_are_seen_by_the_nearest_watch_only() {
+        let t = Instant::now();
+        let (a, b) = (t + Duration::from_secs(2), t + Duration::from_secs(1));
+        let (inner_seen, outer_seen) = watch_wakeups(|| {
+            will_wake_by(a);
+            let ((), inner) = watch_wakeups(|| {
+                will_wake_by(a);
+                will_wake_by(b);
+            });
+            inner
+        });
+        assert_eq!(inner_seen, Some(b));
+        // The outer watch saw only the promise made at its own level.
+        assert_eq!(outer_seen, Some(a));
+        // Outside any watch a promise is harmless and forgotten.
+        will_wake_by(b);
+        assert_eq!(watch_wakeups(|| ()).1, None);
     }
 }

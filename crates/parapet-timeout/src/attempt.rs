@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -241,7 +241,13 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             Poll::Pending => {}
         }
-        ready!(this.timer.poll_elapsed(cx));
+        let mut timer = this.timer;
+        if timer.as_mut().poll_elapsed(cx).is_pending() {
+            // Registered with this context: a deadline above need not arm
+            // its own timer, since this one fires no later.
+            parapet_core::clock::will_wake_by(timer.instant());
+            return Poll::Pending;
+        }
         Poll::Ready(Err(this.error.clone().into()))
     }
 }

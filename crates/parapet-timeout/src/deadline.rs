@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -251,9 +251,9 @@ where
         if *this.expired {
             return Poll::Ready(Err(DeadlineExceeded::new(deadline, false).into()));
         }
-        let polled = {
+        let (polled, promised) = {
             let _scope = deadline.enter();
-            this.inner.poll(cx)
+            parapet_core::clock::watch_wakeups(|| this.inner.poll(cx))
         };
         match polled {
             Poll::Ready(Ok(res)) => {
@@ -270,7 +270,23 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(fold_deadline(e.into(), deadline))),
             Poll::Pending => {}
         }
-        ready!(this.timer.poll_elapsed(cx));
+        // An inner timer (the attempt's, usually) that wakes the task by the
+        // deadline makes this one unnecessary for now: the task is polled
+        // again by then and looks again. Over the network that saves one
+        // timer registration per call.
+        if let Some(by) = promised {
+            if by <= deadline.instant() && !this.timer.is_armed() {
+                parapet_core::clock::will_wake_by(by);
+                return Poll::Pending;
+            }
+        }
+        let mut timer = this.timer;
+        if timer.as_mut().poll_elapsed(cx).is_pending() {
+            parapet_core::clock::will_wake_by(
+                promised.map_or(deadline.instant(), |by| by.min(deadline.instant())),
+            );
+            return Poll::Pending;
+        }
         Poll::Ready(Err(DeadlineExceeded::new(deadline, false).into()))
     }
 }
@@ -366,6 +382,84 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![d, None, d]);
         // Gone once the call's future is not being polled.
         assert_eq!(Deadline::in_scope(), None);
+    }
+
+    /// A service whose calls never answer and hold no timer.
+    fn hang() -> impl Service<
+        Request<()>,
+        Response = Response<Empty<Bytes>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Empty<Bytes>>, Infallible>>,
+    > + Clone {
+        service_fn(|_req: Request<()>| std::future::pending())
+    }
+
+    /// Calls an always-ready service once, without driving it ready.
+    fn call<S: Service<Request<()>>>(mut svc: S) -> S::Future {
+        svc.call(Request::new(()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_attempt_timer_stands_in_for_the_deadline_timer() {
+        let svc = ServiceBuilder::new()
+            .layer(DeadlineLayer::new(5 * SEC))
+            .layer(AttemptTimeoutLayer::new(SEC))
+            .service(hang());
+        let mut fut = std::pin::pin!(svc.oneshot(Request::new(())));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        // One poll in: the attempt's timer is armed, the deadline's is not.
+        let start = Instant::now();
+        let err = fut.await.unwrap_err();
+        assert_elapsed(start, SEC);
+        assert!(err.is::<AttemptTimedOut>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_timer_is_skipped_only_while_an_earlier_one_is_armed() {
+        let inner = AttemptTimeoutLayer::new(SEC).layer(hang());
+        let mut fut = std::pin::pin!(call(DeadlineLayer::new(5 * SEC).layer(inner)));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            !fut.timer.is_armed(),
+            "the attempt's timer wakes the task first"
+        );
+
+        // A longer attempt limit is shortened to the deadline (it reads it
+        // in scope), and its timer still stands in.
+        let inner = AttemptTimeoutLayer::new(10 * SEC).layer(hang());
+        let mut fut = std::pin::pin!(call(DeadlineLayer::new(5 * SEC).layer(inner)));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(!fut.timer.is_armed());
+
+        // Nothing beneath holds a timer: the deadline arms its own.
+        let mut fut = std::pin::pin!(call(DeadlineLayer::new(5 * SEC).layer(hang())));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(fut.timer.is_armed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_covering_attempt_fails_the_deadline_still_fires() {
+        // An attempt (1 s) fails, then the inner future waits with no timer
+        // of its own: the deadline must arm then and fire at 3 s.
+        let inner = service_fn(|req: Request<()>| async move {
+            let attempt = AttemptTimeoutLayer::new(SEC)
+                .layer(hang())
+                .oneshot(req)
+                .await;
+            assert!(attempt.is_err());
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
+        });
+        let start = Instant::now();
+        let err = DeadlineLayer::new(3 * SEC)
+            .layer(inner)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap_err();
+        assert_elapsed(start, 3 * SEC);
+        assert!(err.is::<DeadlineExceeded>());
     }
 
     #[tokio::test(start_paused = true)]

@@ -42,6 +42,11 @@ impl Timer {
         }
     }
 
+    /// Whether a tokio timer has been registered.
+    pub(crate) const fn is_armed(&self) -> bool {
+        matches!(self, Self::Armed { .. })
+    }
+
     /// Arms the timer on first use, then polls it.
     pub(crate) fn poll_elapsed(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if let TimerProj::Idle { at } = self.as_mut().project() {
