@@ -102,11 +102,14 @@
 //! Measured with the workspace's `benches` (an inner service that answers
 //! at once, so no timer is ever armed; see `BENCHMARKS.md` for the method):
 //!
-//! - [`DeadlineLayer`]: about 75–95 ns and 3 allocations over the bare
-//!   service, the allocations being `http::Extensions`' first insert (the
-//!   map, its table and the boxed [`Deadline`](parapet_core::Deadline)); a
-//!   request that already carries extensions pays one. Its response future
-//!   adds 120 bytes to the inner one.
+//! - [`DeadlineLayer`]: no allocation. It does not write the request's
+//!   extensions (a first insert into empty `http::Extensions` costs three
+//!   allocations, and a retry layer's copy of the request three more): the
+//!   layers beneath read the deadline in scope ([`Deadline::current`](parapet_core::Deadline::current)),
+//!   unless [`DeadlineLayer::in_extensions`] asks for both. It reads the clock
+//!   once and holds that reading for the layers beneath while it calls them
+//!   ([`parapet_core::clock`]), so the attempt timeout and the limiters do not
+//!   read it again. Its response future adds 120 bytes to the inner one.
 //! - [`AttemptTimeoutLayer`]: about 55–80 ns and no allocation; its
 //!   response future adds 168 bytes.
 //! - Each layer wraps the body in a [`TimeoutBody`], which adds 72 bytes
@@ -128,11 +131,15 @@
 //! through every layer above, and a body that waits allocates once (the
 //! timer is reset in place for later waits).
 //!
-//! The attempt layer arms its own timer even when the call's deadline is
-//! the earlier limit: the [`Deadline`](parapet_core::Deadline) in the
-//! request's extensions does not say whether a [`DeadlineLayer`] above
-//! enforces it (a caller may set one by hand), so skipping the timer could
-//! leave the attempt unbounded.
+//! **One timer per call, not two.** The attempt layer's timer fires at the
+//! earlier of its limit and the call's deadline, so while it is armed the
+//! deadline's own timer is not needed: the attempt layer says so when its
+//! timer is registered ([`parapet_core::clock::will_wake_by`]), and the
+//! deadline layer then skips arming its own, looking again at every poll
+//! (during a retry's backoff, say, nothing beneath holds a timer and it arms
+//! its own). The attempt layer always arms its timer, even when the
+//! deadline is the earlier limit: it cannot know that a layer above enforces
+//! the deadline it reads (a caller may set one by hand).
 //!
 //! # Example
 //!
