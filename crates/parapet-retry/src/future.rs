@@ -77,24 +77,39 @@ pin_project! {
 pub(crate) struct Call<S> {
     pub(crate) service: S,
     pub(crate) shared: Arc<Shared>,
-    /// `None` when the policy allows a single attempt.
-    pub(crate) retry: Option<RetryState>,
+    /// `None` when the policy allows a single attempt. Boxed: every layer
+    /// above moves this future, and most calls never read the copy again.
+    pub(crate) retry: Option<Box<RetryState>>,
+}
+
+/// Headers kept in the head's box itself: a request with at most this many
+/// (most have a handful) costs no allocation beyond the box.
+const INLINE_HEADERS: usize = 4;
+
+type HeaderPair = (HeaderName, HeaderValue);
+
+/// The request's headers, as copied for the attempts after the first.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the list is the common variant, in a box already; a second box would cost the allocation it saves"
+)]
+enum Headers {
+    /// As a list, in order: the first few in place, any others after them.
+    /// Copying them so costs no allocation (a `HeaderMap` costs two).
+    List {
+        first: [Option<HeaderPair>; INLINE_HEADERS],
+        rest: Vec<HeaderPair>,
+    },
+    /// As a map, once a retry has been considered.
+    Map(HeaderMap),
 }
 
 pub(crate) struct RetryState {
     // The request head as this layer received it; each retry gets a copy.
-    // Kept as its fields rather than a `Parts` (whose `HeaderMap` is 96
-    // bytes): the future of every call carries this.
     method: Method,
     uri: Uri,
     version: Version,
-    /// The request's headers, as a list: copying them so takes one
-    /// allocation where cloning a `HeaderMap` takes two, and most calls
-    /// never need them again. Moved into `header_map` by
-    /// [`restore_headers`](Self::restore_headers).
-    header_list: Vec<(HeaderName, HeaderValue)>,
-    /// The headers as a map, once a retry has been considered.
-    header_map: Option<Box<HeaderMap>>,
+    headers: Headers,
     extensions: Extensions,
     /// A handle on the body's recording, from which each attempt replays.
     body: Result<ReplayBody, ReplayError>,
@@ -106,37 +121,50 @@ pub(crate) struct RetryState {
 
 impl RetryState {
     /// A copy of `head` (all of it: method, URI, version, headers and every
-    /// extension) for the attempts after the first.
+    /// extension) for the attempts after the first, in one allocation for a
+    /// request with at most [`INLINE_HEADERS`] headers (header values, the
+    /// URI and the method are shared by reference count, not copied; an
+    /// empty `Extensions` copies for free).
     #[inline]
-    pub(crate) fn new(head: &Request<ReplayBody>, started: Instant) -> Self {
-        let mut header_list = Vec::with_capacity(head.headers().len());
-        header_list.extend(head.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
-        Self {
+    pub(crate) fn boxed(head: &Request<ReplayBody>, started: Instant) -> Box<Self> {
+        let mut state = Box::new(Self {
             method: head.method().clone(),
             uri: head.uri().clone(),
             version: head.version(),
-            header_list,
-            header_map: None,
+            headers: Headers::List {
+                first: [const { None }; INLINE_HEADERS],
+                rest: Vec::new(),
+            },
             extensions: head.extensions().clone(),
             body: head.body().try_replay(),
             attempt: 1,
             started,
             previous_delay: Duration::ZERO,
+        });
+        // Filled in place, in the box: built on the stack, the list would be
+        // copied into it.
+        if let Headers::List { first, rest } = &mut state.headers {
+            let mut headers = head.headers().iter();
+            for (slot, (name, value)) in first.iter_mut().zip(&mut headers) {
+                *slot = Some((name.clone(), value.clone()));
+            }
+            rest.extend(headers.map(|(k, v)| (k.clone(), v.clone())));
         }
+        state
     }
 
-    /// Turns the header list into a map (once; later calls do nothing).
-    /// Names keep their order, and each name its values' order.
+    /// The headers as a map, made from the list the first time. Names keep
+    /// their order, and each name its values' order.
     fn restore_headers(&mut self) {
-        if self.header_map.is_some() {
-            return;
+        if let Headers::List { first, rest } = &mut self.headers {
+            let first = std::mem::take(first);
+            let rest = std::mem::take(rest);
+            let mut map = HeaderMap::with_capacity(first.len() + rest.len());
+            for (name, value) in first.into_iter().flatten().chain(rest) {
+                map.append(name, value);
+            }
+            self.headers = Headers::Map(map);
         }
-        let list = std::mem::take(&mut self.header_list);
-        let mut map = HeaderMap::with_capacity(list.len());
-        for (name, value) in list {
-            map.append(name, value);
-        }
-        self.header_map = Some(Box::new(map));
     }
 
     /// The request for the next attempt (after
@@ -146,7 +174,7 @@ impl RetryState {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
-        if let Some(map) = &self.header_map {
+        if let Headers::Map(map) = &self.headers {
             req.headers_mut().clone_from(map);
         }
         *req.extensions_mut() = self.extensions.clone();
@@ -411,7 +439,11 @@ impl<S> Call<S> {
         };
 
         let no_headers = HeaderMap::new();
-        let request_headers = rs.header_map.as_deref().unwrap_or(&no_headers);
+        let request_headers = match &rs.headers {
+            Headers::Map(map) => map,
+            // NOTE: `restore_headers` made the map above.
+            Headers::List { .. } => &no_headers,
+        };
         let idempotent = policy
             .idempotency
             .classify(method, request_headers, &rs.extensions);
@@ -437,7 +469,9 @@ impl<S> Call<S> {
         };
 
         let now = Instant::now();
-        let mut limit = Deadline::get(&rs.extensions).map(Deadline::instant);
+        // The deadline the request carries, or the one the deadline layer
+        // put in scope while it polls this future.
+        let mut limit = Deadline::current(&rs.extensions).map(Deadline::instant);
         if let Some(max) = policy.max_elapsed {
             let end = rs
                 .started
@@ -1086,6 +1120,64 @@ mod tests {
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(stub.seen().len(), 1);
+    }
+
+    /// Polls `fut` with `deadline` in scope around each poll, as the
+    /// deadline layer does; the request carries no deadline.
+    async fn in_scope<F: Future>(deadline: Deadline, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            let _scope = deadline.enter();
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_in_scope_stops_a_wait_that_would_pass_it() {
+        // Waits of 100 ms and then 200 ms: the second would pass 250 ms.
+        let stub = Stub::statuses(&[503]);
+        let retry = Retry::new(stub.clone(), plain().build().unwrap());
+        let start = Instant::now();
+        let deadline = Deadline::after(Duration::from_millis(250));
+        let res = in_scope(deadline, retry.oneshot(get())).await.unwrap();
+        assert_eq!(stub.seen().len(), 2);
+        assert_eq!(start.elapsed(), 100 * MS);
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::WaitPastDeadline, 2, None))
+        );
+        assert!(
+            stub.seen()
+                .iter()
+                .all(|s| Deadline::get(&s.extensions).is_none())
+        );
+
+        // A Retry-After past the deadline in scope: returned at once.
+        let stub = Stub::new(|_| Ok(with_retry_after(503, "5")));
+        let retry = Retry::new(stub.clone(), plain().build().unwrap());
+        let deadline = Deadline::after(Duration::from_secs(2));
+        let res = in_scope(deadline, retry.oneshot(get())).await.unwrap();
+        assert_eq!(stub.seen().len(), 1);
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::RetryAfterPastDeadline, 1, five))
+        );
+
+        // The earlier of the scope's and the request's wins.
+        let stub = Stub::statuses(&[503]);
+        let retry = Retry::new(stub.clone(), plain().build().unwrap());
+        let mut req = get();
+        Deadline::after(Duration::from_secs(60)).apply(req.extensions_mut());
+        let deadline = Deadline::after(50 * MS);
+        in_scope(deadline, retry.oneshot(req)).await.unwrap();
+        assert_eq!(stub.seen().len(), 1);
+
+        // Without a deadline, the same calls are retried to the last attempt.
+        let stub = Stub::statuses(&[503]);
+        send(plain(), &stub, get()).await.unwrap();
+        assert_eq!(stub.seen().len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,7 +61,12 @@
 //!   means: no wait, the response is returned at once (a facade can turn
 //!   it into an error carrying the `Retry-After`). A malformed
 //!   `Retry-After` is ignored (plain backoff). No wait is started that
-//!   would end after the deadline.
+//!   would end after the deadline. The deadline is read with
+//!   [`Deadline::current`](parapet_core::Deadline::current) when a retry
+//!   is weighed: the earlier of the one the request carries in its
+//!   extensions and the one in scope (the deadline layer puts its call's
+//!   deadline in scope while it polls this layer's future, and the request
+//!   then carries none).
 //! - **How much in all**: a [`RetryBudget`] per host, shared by every
 //!   clone: retries add at most 20 % to the calls made, with a floor of 10
 //!   retries per second for quiet clients.
@@ -125,39 +130,45 @@
 //! # Cost per call
 //!
 //! The future is not boxed and holds the inner service (cloned once per
-//! call, as tower's `Retry` does). What only a retry needs (the timer, the
-//! discarded response's body being drained, the next request) is boxed when
-//! a retry happens, so the future of a call that is not retried is the
-//! inner future plus about 270 bytes (mostly the copy of the request
-//! head). On the common path (one attempt that succeeds) a call allocates:
+//! call, as tower's `Retry` does), the shared policy and one pointer. What
+//! only a retry needs is out of line: the copy of the request head in one
+//! box made at the call, the timer, the discarded response's body being
+//! drained and the next request in another made when a retry happens. So
+//! the future of a call is the inner future plus 16 bytes.
 //!
-//! - one copy of the request head, so that it can be sent again: one
-//!   allocation for the headers (kept as a list, and turned back into a
-//!   `HeaderMap` only when a retry is considered) and, when the request
-//!   carries extensions, their map (two allocations) and one box per
-//!   extension (header values and the URI are `Bytes`, shared by reference
-//!   count, not copied);
+//! On the common path (one attempt that succeeds) a call allocates:
+//!
+//! - one box holding the copy of the request head, so that it can be sent
+//!   again: method, URI, version, the first four headers in place (header
+//!   values and the URI are `Bytes`, shared by reference count, not
+//!   copied; a request with more headers adds one allocation for the
+//!   others, and the list is turned back into a `HeaderMap` only when a
+//!   retry is considered) and the extensions (free when there are none; a
+//!   map and one box per extension otherwise);
 //! - for a request body that is not already a
 //!   [`ReplayBody`](parapet_core::ReplayBody) and not already at its end,
 //!   the `ReplayBody`'s box and shared recording (frames are kept by
 //!   reference count, up to the cap). Pass `ReplayBody::from(bytes)` for a
 //!   body in memory: it replays with no copy, no recording and no cap.
 //!
-//! So a GET with headers, no extensions and an empty body costs one
-//! allocation; below parapet-timeout's `DeadlineLayer`, whose `Deadline` is
-//! an extension, four. The budget takes one short lock per call (a lookup
-//! by the host's name, with a fast non-cryptographic hash, no allocation)
-//! and one per retry decision. With
-//! [`max_attempts(1)`](RetryPolicyBuilder::max_attempts) there is no copy
-//! of the head and no budget bookkeeping.
+//! So a GET with up to four headers, no extensions and an empty body costs
+//! one allocation, below parapet-timeout's `DeadlineLayer` too (it puts the
+//! deadline in scope, not in the extensions). The budget counts the call
+//! with one atomic add on the host's counter, found under a read lock that
+//! calls share (a lookup by the host's name with a fast non-cryptographic
+//! hash, no allocation but for a new host); only a retry decision takes a
+//! lock of the host's own. The clock is read once per call, or not at all
+//! when an outer layer holds its reading
+//! ([`parapet_core::clock`]), and this layer holds its own for the layers
+//! beneath. With [`max_attempts(1)`](RetryPolicyBuilder::max_attempts)
+//! there is no copy of the head, no budget bookkeeping and no clock read.
 //!
 //! Measured (`benches/`, `cargo bench --bench layers -- retry`, over an
 //! always-ready service that answers at once, on the 2-vCPU machine of
-//! `BENCHMARKS.md`, with other builds running): about 130 ns over the bare
-//! service (it was about 230 before these figures were written down) and
-//! one allocation per call, and a 416-byte future over a 144-byte inner
-//! one. What remains is mostly the copy of the head, the budget's
-//! bookkeeping (a clock read, a lock, a lookup) and moving the future.
+//! `BENCHMARKS.md`, with other builds running): one allocation per call,
+//! and a 160-byte future over a 144-byte inner one. What remains is mostly the copy of the head, the
+//! budget's bookkeeping (a clock read, a lookup, an atomic add) and moving
+//! the request.
 //!
 //! # Features
 //!

@@ -5,8 +5,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use parapet_core::{Attempt, BoxError, ReplayBody};
-use tokio::time::Instant;
+use parapet_core::{Attempt, BoxError, ReplayBody, clock};
 use tower_service::Service;
 
 use crate::future::{Call, ResponseFuture, RetryState, host_of};
@@ -85,16 +84,18 @@ where
         let shared = Arc::clone(&self.shared);
         let max = shared.policy.max_attempts;
         let mut req = req.map(|body| ReplayBody::new(body, shared.policy.replay_cap));
-        let retry = if max > 1 {
-            let now = Instant::now();
+        let (retry, now) = if max > 1 {
+            // The reading an outer layer holds for this call's set-up, if
+            // any (the deadline layer's): no second clock read.
+            let now = clock::now();
             if let Some(budgets) = &shared.budgets {
                 budgets.deposit(host_of(req.uri()), now);
             }
             // NOTE: the one copy of the request head a call makes (the inner
             // service consumes the request; a retry sends a copy).
-            Some(RetryState::new(&req, now))
+            (Some(RetryState::boxed(&req, now)), Some(now))
         } else {
-            None
+            (None, None)
         };
         // The first attempt carries no `Attempt` (every reader takes its
         // absence for attempt 1, and inserting into an empty map costs three
@@ -106,7 +107,10 @@ where
         // The ready service makes this call; its clone stays for the next.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
+        // Layers beneath read the same instant for their set-up.
+        let held = now.map(clock::hold);
         let future = service.call(req);
+        drop(held);
         ResponseFuture::new(
             future,
             Call {
@@ -168,16 +172,14 @@ mod tests {
     #[test]
     fn the_common_future_carries_no_wait_state() {
         // One attempt that succeeds is the common case: its future holds the
-        // attempt's future, the service, the policy and the copy of the
-        // request head, and nothing for the wait between attempts (a timer,
-        // a response body, a request), which is boxed when a retry happens.
+        // attempt's future, the service, the policy and a pointer to the
+        // copy of the request head, and nothing for the wait between
+        // attempts (a timer, a response body, a request), which is boxed
+        // when a retry happens.
         type F = std::future::Ready<Result<Response<String>, Infallible>>;
         let size = size_of::<ResponseFuture<(), F, String>>();
-        let head = size_of::<RetryState>();
-        assert!(size <= size_of::<F>() + head + 32, "{size} bytes");
-        // The head's copy is kept small too (it was a 360-byte `Parts` and
-        // `HeaderMap`): about 264 bytes on 64-bit targets.
-        assert!(head <= 300, "{head} bytes");
+        // 16 bytes on 64-bit targets: the policy's `Arc` and the head's box.
+        assert!(size <= size_of::<F>() + 24, "{size} bytes");
     }
 
     #[tokio::test]
