@@ -100,7 +100,11 @@ impl RequestIdLayer {
     /// connectors that wrap it) already carry `HttpInfo`, so over the
     /// network the record usually costs 1 allocation.
     ///
-    /// The header is sent either way.
+    /// The header is sent either way, and a [`TraceLayer`](crate::TraceLayer)
+    /// inside this layer (the recommended order, see
+    /// [where it goes](Self#where-it-goes)) records the id from it. One
+    /// placed outside reads the id from the response instead: keep the
+    /// record on in that order.
     ///
     /// ```
     /// use http::{Request, Response};

@@ -190,6 +190,22 @@ async fn the_request_id_is_read_from_the_response_when_trace_is_outermost() {
 }
 
 #[tokio::test]
+async fn without_the_response_record_the_call_span_still_has_the_id() {
+    let (sub, capture, _lines) = subscriber();
+    let _guard = tracing::subscriber::set_default(sub);
+    let (seen, upstream) = scripted(&[200]);
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer::new().record_in_response(false))
+        .layer(TraceLayer::new())
+        .service(upstream);
+    let res = svc.oneshot(get("http://h.test/")).await.unwrap();
+    assert!(RequestId::get(res.extensions()).is_none());
+    let sent = seen.lock().unwrap()[0].headers()["x-request-id"].clone();
+    let spans = capture.spans();
+    assert_eq!(spans[0].field("request_id"), sent.to_str().ok());
+}
+
+#[tokio::test]
 async fn an_unknown_method_is_named_http() {
     let (sub, capture, _lines) = subscriber();
     let _guard = tracing::subscriber::set_default(sub);
