@@ -33,8 +33,10 @@ tokio::task_local! {
 ///   not moved past a thread's last id (the same tick, or a clock stepped
 ///   back by less than a second), its next id counts on from the last one
 ///   in the 12 bits of the fraction (1/4096 ms), carrying into the
-///   milliseconds, in the manner of RFC 9562 §6.2's counters; elsewhere the
-///   clock is `SystemTime`'s;
+///   milliseconds, in the manner of RFC 9562 §6.2's counters. (A thread
+///   making more than 4096 ids a millisecond thus runs its ids' time ahead
+///   of the clock; once that is more than a second, the clock's time is
+///   taken again.) Elsewhere than on Linux the clock is `SystemTime`'s;
 /// - **unique without coordination**: 62 random bits from
 ///   [`parapet_core::random_u64`] (a per-thread generator, no lock, no
 ///   system call) separate ids with the same time stamp;
