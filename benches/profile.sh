@@ -56,9 +56,9 @@ fi
 
 cases=("$@")
 if [ ${#cases[@]} -eq 0 ]; then
-  cases=(bare request_id trace attempt_trace deadline retry throttle rate_limit
+  cases=(bare request_id request_id_no_record trace attempt_trace deadline retry throttle rate_limit
          rate_limit_per_authority auth concurrency_limit attempt_timeout
-         default_stack full_stack facade_service facade_send)
+         default_stack default_stack_no_record full_stack facade_service facade_send)
 fi
 ir() {
   valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1.$2.out" \

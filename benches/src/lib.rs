@@ -165,8 +165,11 @@ fn bearer() -> AuthLayer {
 /// 10 s; rate limit, auth and concurrency limit off), in DESIGN.md's order.
 macro_rules! default_stack {
     ($inner:expr) => {
+        default_stack!($inner, RequestIdLayer::new())
+    };
+    ($inner:expr, $request_id:expr) => {
         ServiceBuilder::new()
-            .layer(RequestIdLayer::new())
+            .layer($request_id)
             .layer(TraceLayer::new())
             .layer(DeadlineLayer::new(Duration::from_secs(30)))
             .layer(RetryLayer::default())
@@ -238,6 +241,11 @@ pub fn cases() -> Vec<Case> {
             RequestIdLayer::new().layer(Ready),
         ),
         case(
+            "request_id_no_record",
+            "RequestIdLayer, record_in_response(false)",
+            RequestIdLayer::new().record_in_response(false).layer(Ready),
+        ),
+        case(
             "trace",
             "TraceLayer (no subscriber)",
             TraceLayer::new().layer(Ready),
@@ -287,6 +295,11 @@ pub fn cases() -> Vec<Case> {
             "default_stack",
             "the facade's default layers, hand-assembled",
             default_stack!(Ready),
+        ),
+        case(
+            "default_stack_no_record",
+            "the same, the request id not recorded in the response",
+            default_stack!(Ready, RequestIdLayer::new().record_in_response(false)),
         ),
         case(
             "full_stack",
