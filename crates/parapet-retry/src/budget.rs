@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -171,7 +172,29 @@ pub(crate) struct Budgets {
     /// Looked up by `&str` (no key is allocated but a new host's), with a
     /// fast non-cryptographic hash: the table is bounded by `max_hosts`, so
     /// even hosts chosen to collide cost a bounded scan, not a blow-up.
-    hosts: RwLock<HashMap<Box<str>, Host, BuildHasherDefault<FxHasher>>>,
+    hosts: RwLock<HashMap<Box<str>, Arc<Host>, BuildHasherDefault<FxHasher>>>,
+}
+
+/// The host a service counts its calls for, so that a call to the same
+/// host as the last is counted without a lookup or a lock. Its `Debug` does
+/// not show the host.
+///
+/// Keeping an entry costs a reference count (an atomic add, and another to
+/// release it), so an entry is kept only once two calls in a row went to
+/// the same host: a service cloned for each call (as the `parapet` facade
+/// does) or one that sends each call to another host never keeps one and
+/// pays only the lookup.
+#[derive(Clone, Default)]
+pub(crate) struct LastHost {
+    entry: Option<Arc<Host>>,
+    /// The hash of the host looked up last, when no entry is kept for it.
+    looked_up: u64,
+}
+
+impl std::fmt::Debug for LastHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LastHost { .. }")
+    }
 }
 
 /// `FxHash` (as in rustc): one multiply per 8 bytes. A host name is a few
@@ -266,7 +289,13 @@ impl Counter {
     }
 }
 
-struct Host {
+pub(crate) struct Host {
+    /// The host's name, as in the table's key (a service's cached entry is
+    /// checked against it).
+    name: Box<str>,
+    /// Set when the entry leaves the table: a service that kept it looks
+    /// the host up again.
+    evicted: AtomicBool,
     /// The slot of the first call, from which the floor builds up.
     first: u64,
     last_used: AtomicU64,
@@ -277,8 +306,10 @@ struct Host {
 }
 
 impl Host {
-    fn new(first: u64) -> Self {
+    fn new(name: &str, first: u64) -> Self {
         Self {
+            name: name.into(),
+            evicted: AtomicBool::new(false),
             first,
             last_used: AtomicU64::new(first),
             calls: Default::default(),
@@ -290,6 +321,15 @@ impl Host {
     #[inline]
     fn slot(counters: &[Counter; SLOTS], index: u64) -> Option<&Counter> {
         counters.get(usize::try_from(index % SLOTS as u64).ok()?)
+    }
+
+    /// Counts a call in slot `index`.
+    #[inline]
+    fn count_call(&self, index: u64) {
+        if let Some(c) = Self::slot(&self.calls, index) {
+            c.bump(index);
+        }
+        self.used(index);
     }
 
     #[inline]
@@ -354,33 +394,53 @@ impl Budgets {
         nanos / self.slot_nanos
     }
 
-    /// Counts a call to `host`.
-    pub(crate) fn deposit(&self, host: &str, now: Instant) {
+    /// Counts a call to `host`. `last` is the caller's memory of the host
+    /// it counted a call for last (a [`Retry`](crate::Retry)'s own): when
+    /// the host is the same and still in the table, the call is counted
+    /// there, with no lookup and no lock.
+    #[inline]
+    pub(crate) fn deposit(&self, last: &mut LastHost, host: &str, now: Instant) {
         let index = self.slot_index(now);
-        {
-            let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(h) = hosts.get(host) {
-                if let Some(c) = Host::slot(&h.calls, index) {
-                    c.bump(index);
-                }
-                h.used(index);
+        if let Some(h) = &last.entry {
+            if *h.name == *host && !h.evicted.load(Relaxed) {
+                h.count_call(index);
                 return;
             }
         }
-        self.add_host(host, index);
+        self.deposit_looked_up(last, host, index);
     }
 
-    /// Counts the first call to a host the table does not hold.
+    /// Counts a call to a host `last` keeps no entry for, and keeps the
+    /// entry when the call before went to the same host.
     #[cold]
-    fn add_host(&self, host: &str, index: u64) {
+    fn deposit_looked_up(&self, last: &mut LastHost, host: &str, index: u64) {
+        let hash = {
+            let mut hasher = FxHasher::default();
+            hasher.write(host.as_bytes());
+            hasher.finish()
+        };
+        let keep = std::mem::replace(&mut last.looked_up, hash) == hash;
+        let entry = self.find_and_count(host, index, keep);
+        if entry.is_some() {
+            last.entry = entry;
+        }
+    }
+
+    /// Counts a call to `host`, adding it to the table if needed; its entry
+    /// if `keep`.
+    fn find_and_count(&self, host: &str, index: u64, keep: bool) -> Option<Arc<Host>> {
+        {
+            let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(h) = hosts.get(host) {
+                h.count_call(index);
+                return keep.then(|| Arc::clone(h));
+            }
+        }
         let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = hosts.get(host) {
             // Added by another call meanwhile.
-            if let Some(c) = Host::slot(&h.calls, index) {
-                c.bump(index);
-            }
-            h.used(index);
-            return;
+            h.count_call(index);
+            return keep.then(|| Arc::clone(h));
         }
         if hosts.len() >= self.config.max_hosts {
             // NOTE: only when a new host arrives at a full table: one scan.
@@ -388,15 +448,15 @@ impl Budgets {
                 .iter()
                 .min_by_key(|(_, h)| h.last_used.load(Relaxed))
                 .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                hosts.remove(&k);
+            if let Some(gone) = oldest.and_then(|k| hosts.remove(&k)) {
+                gone.evicted.store(true, Relaxed);
             }
         }
-        let h = Host::new(index);
-        if let Some(c) = Host::slot(&h.calls, index) {
-            c.bump(index);
-        }
+        let h = Arc::new(Host::new(host, index));
+        h.count_call(index);
+        let entry = keep.then(|| Arc::clone(&h));
         hosts.insert(host.into(), h);
+        entry
     }
 
     /// Spends one retry for `host` if the budget allows it.
@@ -455,7 +515,7 @@ mod tests {
     async fn a_fresh_host_gets_the_floor_of_one_second() {
         let b = budgets(20, 10);
         let now = Instant::now();
-        b.deposit("a:80", now);
+        b.deposit(&mut LastHost::default(), "a:80", now);
         // 0.2 from the call, but a floor of 10.
         assert_eq!(retries_allowed(&b, "a:80", now), 10);
     }
@@ -465,7 +525,7 @@ mod tests {
         let b = budgets(20, 10);
         let now = Instant::now();
         for _ in 0..1000 {
-            b.deposit("h", now);
+            b.deposit(&mut LastHost::default(), "h", now);
         }
         assert_eq!(retries_allowed(&b, "h", now), 200);
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -473,12 +533,12 @@ mod tests {
 
         // A quiet host: the floor grows by ten each second, up to the window.
         let b = budgets(20, 10);
-        b.deposit("q", Instant::now());
+        b.deposit(&mut LastHost::default(), "q", Instant::now());
         assert_eq!(retries_allowed(&b, "q", Instant::now()), 10);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(retries_allowed(&b, "q", Instant::now()), 10);
         tokio::time::advance(Duration::from_secs(30)).await;
-        b.deposit("q", Instant::now());
+        b.deposit(&mut LastHost::default(), "q", Instant::now());
         assert_eq!(retries_allowed(&b, "q", Instant::now()), 100);
     }
 
@@ -486,12 +546,12 @@ mod tests {
     async fn the_window_slides() {
         let b = budgets(20, 0);
         for _ in 0..100 {
-            b.deposit("h", Instant::now());
+            b.deposit(&mut LastHost::default(), "h", Instant::now());
         }
         assert_eq!(retries_allowed(&b, "h", Instant::now()), 20);
         tokio::time::advance(Duration::from_secs(5)).await;
         for _ in 0..50 {
-            b.deposit("h", Instant::now());
+            b.deposit(&mut LastHost::default(), "h", Instant::now());
         }
         // 150 calls in the window, 20 retries already spent.
         assert_eq!(retries_allowed(&b, "h", Instant::now()), 10);
@@ -499,7 +559,7 @@ mod tests {
         // The first 100 calls and the first 20 retries have left the window.
         assert_eq!(retries_allowed(&b, "h", Instant::now()), 0);
         tokio::time::advance(Duration::from_secs(10)).await;
-        b.deposit("h", Instant::now());
+        b.deposit(&mut LastHost::default(), "h", Instant::now());
         assert_eq!(retries_allowed(&b, "h", Instant::now()), 0);
     }
 
@@ -512,17 +572,53 @@ mod tests {
                 .max_hosts(2),
         );
         let now = Instant::now();
-        b.deposit("a", now);
-        b.deposit("b", now);
+        b.deposit(&mut LastHost::default(), "a", now);
+        b.deposit(&mut LastHost::default(), "b", now);
         assert!(b.withdraw("a", now));
         assert!(!b.withdraw("a", now));
         assert!(b.withdraw("b", now));
         tokio::time::advance(Duration::from_secs(1)).await;
-        b.deposit("a", Instant::now());
-        b.deposit("c", Instant::now()); // evicts "b", used least recently
+        b.deposit(&mut LastHost::default(), "a", Instant::now());
+        b.deposit(&mut LastHost::default(), "c", Instant::now()); // evicts "b", used least recently
         assert_eq!(b.hosts(), 2);
         assert!(b.withdraw("c", Instant::now()));
         assert!(!b.withdraw("b", Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remembered_host_is_counted_until_it_is_evicted() {
+        let b = Budgets::new(
+            RetryBudget::new()
+                .percent(100)
+                .min_per_second(0)
+                .max_hosts(1),
+        );
+        let now = Instant::now();
+        let mut last = LastHost::default();
+        b.deposit(&mut last, "a", now);
+        assert!(last.entry.is_none(), "kept after two calls in a row");
+        b.deposit(&mut last, "a", now);
+        assert!(last.entry.is_some());
+        b.deposit(&mut last, "a", now);
+        assert_eq!(retries_allowed(&b, "a", now), 3);
+        // Another caller's new host evicts "a": the remembered entry is not
+        // counted into any more, and "a" starts again.
+        b.deposit(&mut LastHost::default(), "b", now);
+        assert_eq!(b.hosts(), 1);
+        b.deposit(&mut last, "a", now);
+        assert_eq!(retries_allowed(&b, "a", now), 1);
+        assert_eq!(retries_allowed(&b, "b", now), 0, "evicted by \"a\"");
+        // A different host is looked up, not counted for the one remembered.
+        b.deposit(&mut last, "c", now);
+        b.deposit(&mut last, "c", now);
+        assert_eq!(retries_allowed(&b, "c", now), 2);
+        assert_eq!(b.hosts(), 1);
+        // Calls that alternate between hosts keep no entry.
+        let mut last = LastHost::default();
+        for host in ["d", "e", "d", "e", "d"] {
+            b.deposit(&mut last, host, now);
+            assert!(last.entry.is_none());
+        }
     }
 
     #[test]
@@ -535,7 +631,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..1000 {
-                        b.deposit("h", now);
+                        b.deposit(&mut LastHost::default(), "h", now);
                     }
                 });
             }

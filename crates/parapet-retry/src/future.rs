@@ -348,17 +348,24 @@ fn has_at(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const ATS: u64 = u64::from_ne_bytes([b'@'; 8]);
+    // A byte of `x` is zero where the byte was `@`; the classic test for a
+    // zero byte has no false positives as a yes/no answer.
+    let word_has_at = |word: &[u8; 8]| {
+        let x = u64::from_ne_bytes(*word) ^ ATS;
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    };
+    let Some(last) = bytes.last_chunk::<8>() else {
+        return bytes.contains(&b'@');
+    };
     let mut rest = bytes;
     while let Some((word, tail)) = rest.split_first_chunk::<8>() {
-        // A byte of `x` is zero where the byte was `@`; the classic test
-        // for a zero byte has no false positives as a yes/no answer.
-        let x = u64::from_ne_bytes(*word) ^ ATS;
-        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+        if word_has_at(word) {
             return true;
         }
         rest = tail;
     }
-    rest.contains(&b'@')
+    // The last eight bytes (overlapping those seen) cover what is left.
+    !rest.is_empty() && word_has_at(last)
 }
 
 /// Why an attempt is retried.

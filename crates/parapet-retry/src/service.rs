@@ -8,6 +8,7 @@ use http_body::Body;
 use parapet_core::{Attempt, BoxError, ReplayBody, clock};
 use tower_service::Service;
 
+use crate::budget::LastHost;
 use crate::future::{Call, ResponseFuture, RetryState, host_of};
 use crate::layer::{RetryLayer, Shared};
 use crate::policy::RetryPolicy;
@@ -22,6 +23,9 @@ use crate::policy::RetryPolicy;
 pub struct Retry<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// The budget's entry for the host of the last call, so that calls to
+    /// one host find it without a lookup.
+    last_host: LastHost,
 }
 
 impl<S> Retry<S> {
@@ -32,7 +36,11 @@ impl<S> Retry<S> {
     }
 
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        Self {
+            inner,
+            shared,
+            last_host: LastHost::default(),
+        }
     }
 
     /// A layer making this service; see [`RetryLayer::new`].
@@ -89,7 +97,7 @@ where
             // any (the deadline layer's): no second clock read.
             let now = clock::now();
             if let Some(budgets) = &shared.budgets {
-                budgets.deposit(host_of(req.uri()), now);
+                budgets.deposit(&mut self.last_host, host_of(req.uri()), now);
             }
             // NOTE: the one copy of the request head a call makes (the inner
             // service consumes the request; a retry sends a copy).
