@@ -107,7 +107,8 @@ enum Headers {
 pub(crate) struct RetryState {
     // The request head as this layer received it; each retry gets a copy.
     method: Method,
-    uri: Uri,
+    /// Always set (`None` only while the box is being filled).
+    uri: Option<Uri>,
     version: Version,
     headers: Headers,
     extensions: Extensions,
@@ -115,7 +116,8 @@ pub(crate) struct RetryState {
     body: Result<ReplayBody, ReplayError>,
     /// The number of the attempt in flight, from 1.
     pub(crate) attempt: u32,
-    started: Instant,
+    /// When the call began, if `max_elapsed` (or the budget) needed it.
+    started: Option<Instant>,
     previous_delay: Duration,
 }
 
@@ -126,23 +128,29 @@ impl RetryState {
     /// URI and the method are shared by reference count, not copied; an
     /// empty `Extensions` copies for free).
     #[inline]
-    pub(crate) fn boxed(head: &Request<ReplayBody>, started: Instant) -> Box<Self> {
+    pub(crate) fn boxed(head: &Request<ReplayBody>, started: Option<Instant>) -> Box<Self> {
+        // Made of constants first, so that it is written in the box itself,
+        // then filled in place: a state built on the stack and moved into
+        // the box would be copied whole (about 550 bytes).
         let mut state = Box::new(Self {
-            method: head.method().clone(),
-            uri: head.uri().clone(),
-            version: head.version(),
+            method: Method::GET,
+            uri: None,
+            version: Version::HTTP_11,
             headers: Headers::List {
                 first: [const { None }; INLINE_HEADERS],
                 rest: Vec::new(),
             },
-            extensions: head.extensions().clone(),
-            body: head.body().try_replay(),
+            extensions: Extensions::new(),
+            body: Ok(ReplayBody::empty()),
             attempt: 1,
             started,
             previous_delay: Duration::ZERO,
         });
-        // Filled in place, in the box: built on the stack, the list would be
-        // copied into it.
+        state.method = head.method().clone();
+        state.uri = Some(head.uri().clone());
+        state.version = head.version();
+        state.extensions = head.extensions().clone();
+        state.body = head.body().try_replay();
         if let Headers::List { first, rest } = &mut state.headers {
             let mut headers = head.headers().iter();
             for (slot, (name, value)) in first.iter_mut().zip(&mut headers) {
@@ -172,7 +180,9 @@ impl RetryState {
     fn request(&self, body: ReplayBody, max: u32) -> Request<ReplayBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
+        if let Some(uri) = &self.uri {
+            *req.uri_mut() = uri.clone();
+        }
         *req.version_mut() = self.version;
         if let Headers::Map(map) = &self.headers {
             req.headers_mut().clone_from(map);
@@ -403,9 +413,13 @@ impl<S> Call<S> {
             Ok(res) => (Some(res.status()), Some(res.headers()), None),
             Err(e) => (None, None, Some(&**e as &(dyn Error + 'static))),
         };
+        // NOTE: `boxed` always sets the URI.
+        let Some(uri) = &rs.uri else {
+            return Err(None);
+        };
         let outcome = Outcome {
             method: &rs.method,
-            uri: &rs.uri,
+            uri,
             status,
             headers,
             error,
@@ -425,7 +439,7 @@ impl<S> Call<S> {
         };
         rs.restore_headers();
         let method = &rs.method;
-        let host = host_of(&rs.uri);
+        let host = rs.uri.as_ref().map_or("", host_of);
         let attempt = rs.attempt;
         // The server's wait, on a status whose Retry-After is obeyed; a
         // malformed value is `None` (plain backoff).
@@ -479,11 +493,11 @@ impl<S> Call<S> {
         // The deadline the request carries, or the one the deadline layer
         // put in scope while it polls this future.
         let mut limit = Deadline::current(&rs.extensions).map(Deadline::instant);
-        if let Some(max) = policy.max_elapsed {
-            let end = rs
-                .started
+        // NOTE: the call's start is known whenever `max_elapsed` is set.
+        if let (Some(max), Some(started)) = (policy.max_elapsed, rs.started) {
+            let end = started
                 .checked_add(max)
-                .unwrap_or_else(|| far_future(rs.started));
+                .unwrap_or_else(|| far_future(started));
             limit = Some(limit.map_or(end, |l| l.min(end)));
         }
         let time_left = limit.map(|l| l.saturating_duration_since(now));

@@ -93,15 +93,17 @@ where
         let max = shared.policy.max_attempts;
         let mut req = req.map(|body| ReplayBody::new(body, shared.policy.replay_cap));
         let (retry, now) = if max > 1 {
-            // The reading an outer layer holds for this call's set-up, if
-            // any (the deadline layer's): no second clock read.
-            let now = clock::now();
-            if let Some(budgets) = &shared.budgets {
+            // The time is needed by the budget and by `max_elapsed` only:
+            // the reading an outer layer holds for this call's set-up, if
+            // any (the deadline layer's), or one clock read.
+            let now =
+                (shared.budgets.is_some() || shared.policy.max_elapsed.is_some()).then(clock::now);
+            if let (Some(budgets), Some(now)) = (&shared.budgets, now) {
                 budgets.deposit(&mut self.last_host, host_of(req.uri()), now);
             }
             // NOTE: the one copy of the request head a call makes (the inner
             // service consumes the request; a retry sends a copy).
-            (Some(RetryState::boxed(&req, now)), Some(now))
+            (Some(RetryState::boxed(&req, now)), now)
         } else {
             (None, None)
         };
