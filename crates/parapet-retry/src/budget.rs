@@ -153,10 +153,11 @@ impl Default for RetryBudget {
 
 /// The shared state of a budget: one entry per host.
 ///
-/// Counting a call (every call, [`deposit`](Self::deposit)) takes the
-/// table's read lock, which callers share and never wait for one another
-/// on, and bumps one atomic counter of the host's; it allocates only for a
-/// host the table does not know yet. Spending a retry
+/// Counting a call (every call, [`deposit`](Self::deposit)) bumps one
+/// atomic counter of the host's, found through the caller's [`LastHost`]
+/// or under the table's read lock, which callers share and never wait for
+/// one another on; it allocates only for a host the table does not know
+/// yet. Spending a retry
 /// ([`withdraw`](Self::withdraw), only when a retry is considered) takes a
 /// lock of the host's own, so that two retries racing for the last unit of
 /// the budget cannot both have it.
