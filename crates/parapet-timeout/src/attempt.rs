@@ -171,6 +171,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The clock read an outer layer holds for this call's set-up, if any.
         let now = parapet_core::clock::now();
@@ -217,6 +218,7 @@ where
 {
     type Output = Result<Response<TimeoutBody<B>>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // NOTE: a limit of zero (the deadline had already passed) fails

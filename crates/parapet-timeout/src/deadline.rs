@@ -189,6 +189,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let now = parapet_core::clock::now();
         let own = now
@@ -243,6 +244,7 @@ where
 {
     type Output = Result<Response<TimeoutBody<B>>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let deadline = Deadline::at(this.timer.instant());

@@ -146,6 +146,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Some(shared) = req.extensions().get::<CallShared>() {
@@ -211,6 +212,7 @@ where
 {
     type Output = Result<Response<RB>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = {
