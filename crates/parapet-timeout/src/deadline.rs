@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::body::{BodyDeadline, TimeoutBody};
 use crate::error::{AttemptTimedOut, DeadlineExceeded};
-use crate::timer::Timer;
+use crate::timer::BoxedTimer;
 
 /// Sets a deadline for the whole call, retries and waits included, and fails
 /// the call with [`DeadlineExceeded`] when it passes.
@@ -213,7 +213,7 @@ where
         };
         CallDeadlineFuture {
             inner,
-            timer: Timer::new(deadline.instant()),
+            timer: BoxedTimer::new(deadline.instant()),
             cover_body,
             expired: deadline.instant() <= now,
         }
@@ -223,15 +223,15 @@ where
 pin_project! {
     /// The response future of [`CallDeadline`].
     ///
-    /// Holds the inner future and, once it has had to wait, the deadline's
-    /// timer, both inline. Dropping it drops both.
+    /// Holds the inner future inline and, once it has had to wait with no
+    /// earlier timer beneath it, the deadline's timer in a box (see the
+    /// crate docs on timers). Dropping it drops both.
     #[must_use = "futures do nothing unless polled"]
     #[derive(Debug)]
     pub struct CallDeadlineFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        timer: Timer,
+        timer: BoxedTimer,
         cover_body: bool,
         expired: bool,
     }
@@ -282,8 +282,7 @@ where
                 return Poll::Pending;
             }
         }
-        let mut timer = this.timer;
-        if timer.as_mut().poll_elapsed(cx).is_pending() {
+        if this.timer.poll_elapsed(cx).is_pending() {
             parapet_core::clock::will_wake_by(
                 promised.map_or(deadline.instant(), |by| by.min(deadline.instant())),
             );

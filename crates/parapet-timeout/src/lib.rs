@@ -109,27 +109,27 @@
 //!   unless [`DeadlineLayer::in_extensions`] asks for both. It reads the clock
 //!   once and holds that reading for the layers beneath while it calls them
 //!   ([`parapet_core::clock`]), so the attempt timeout and the limiters do not
-//!   read it again. Its response future adds 120 bytes to the inner one.
+//!   read it again. Its response future adds 24 bytes to the inner one (its
+//!   timer is boxed when armed, which over the network is seldom: see below).
 //! - [`AttemptTimeoutLayer`]: about 55–80 ns and no allocation; its
 //!   response future adds 168 bytes.
 //! - Each layer wraps the body in a [`TimeoutBody`], which adds 72 bytes
 //!   to the inner body.
 //!
 //! **Timers.** No timer exists until it is needed: a response future holds
-//! only the instant to fire at until the inner future is first pending, then
-//! creates a tokio `Sleep` in place, inline, where the instant was. Over the
-//! network every call waits once, so each layer then registers one timer
-//! with tokio (a few hundred instructions, the largest cost of these layers
-//! in real use). The response futures keep that `Sleep` inline rather than
-//! boxing it: a box would make each future about 100 bytes smaller, which
-//! saves ~15–20 ns per layer in memory, but over the network it costs an
-//! allocation per layer per call and saved no instructions (a loopback
-//! profile of the default stack counted the same instructions per request
-//! within noise, plus two allocations). A [`TimeoutBody`] does box its timer,
+//! only the instant to fire at until the inner future is first pending.
+//! Over the network every call waits once, and the attempt layer then
+//! creates a tokio `Sleep` in place, inline, where the instant was, and
+//! registers it (a few hundred instructions, the largest cost of these
+//! layers in real use). The attempt future keeps that `Sleep` inline rather
+//! than boxing it: a box would make it about 100 bytes smaller, but every
+//! call over the network would pay an allocation for it. The deadline's
+//! timer is the other way round: it is seldom armed (see below), so it is
+//! boxed when armed and the deadline future carries 16 bytes instead of a
+//! `Sleep` through every layer above. A [`TimeoutBody`] boxes its timer too,
 //! when it first waits: most small bodies arrive with the headers and never
-//! wait, so the common case carries 8 bytes instead of a 112-byte `Sleep`
-//! through every layer above, and a body that waits allocates once (the
-//! timer is reset in place for later waits).
+//! wait, and a body that waits allocates once (the timer is reset in place
+//! for later waits).
 //!
 //! **One timer per call, not two.** The attempt layer's timer fires at the
 //! earlier of its limit and the call's deadline, so while it is armed the
