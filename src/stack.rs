@@ -258,8 +258,23 @@ impl LayerConfig {
         ) {
             // The default shape: every layer that is on by default is on,
             // so none of them needs the on/off wrapper, which costs a branch
-            // and a re-wrapped response and body per layer per call. Only
-            // the layers that are off by default keep it.
+            // and a re-wrapped response and body per layer per call. With
+            // the layers that are off by default all off (the default
+            // configuration), none at all; otherwise only they keep it.
+            if self.rate_limit.is_none() && self.auth.is_none() && self.concurrency_limit.is_none()
+            {
+                let svc = ServiceBuilder::new()
+                    .layer(request_id.clone())
+                    .layer(trace.clone())
+                    .layer(DeadlineLayer::new(deadline))
+                    .layer(retry.clone())
+                    .layer(attempt_trace.clone())
+                    .layer(throttle.clone())
+                    .layer(*attempt_timeout)
+                    .service(transport);
+                let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
+                return Ok(Stack::new(svc));
+            }
             let svc = ServiceBuilder::new()
                 .layer(request_id.clone())
                 .layer(trace.clone())
