@@ -333,7 +333,7 @@ impl ClientBuilder {
     /// [`InvalidConfig`] when a setting is out of range or the settings
     /// contradict each other.
     pub fn build(self) -> Result<Client, InvalidConfig> {
-        let transport = self.transport.build()?;
+        let transport = crate::transport::SharedTransport::new(self.transport.build()?);
         self.build_with(transport)
     }
 

@@ -16,6 +16,40 @@ use crate::error::InvalidConfig;
 /// The hyper-util client parapet sends through.
 pub(crate) type Transport = HyperClient<HttpsConnector<HttpConnector>, ReplayBody>;
 
+/// The hyper-util client behind one `Arc`, as the stack's innermost service.
+///
+/// tower's contract makes callers clone a service per call (the facade
+/// does, and the retry layer keeps a clone for its later attempts), and a
+/// hyper-util client's clone increments about a dozen reference counts
+/// (its pool, connector, executor, timers...). Its `request` only needs
+/// `&self`, so one `Arc` in front makes each of those clones one increment.
+#[derive(Clone)]
+pub(crate) struct SharedTransport(Arc<Transport>);
+
+impl SharedTransport {
+    pub(crate) fn new(transport: Transport) -> Self {
+        Self(Arc::new(transport))
+    }
+}
+
+impl tower::Service<http::Request<ReplayBody>> for SharedTransport {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    /// Always ready, like the hyper-util client itself.
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<ReplayBody>) -> Self::Future {
+        self.0.request(req)
+    }
+}
+
 /// A root certificate to trust in addition to (or instead of) the built-in
 /// webpki roots.
 #[derive(Clone)]
