@@ -76,7 +76,11 @@ pub fn hold(at: Instant) -> Held {
 /// earlier.
 ///
 /// Call it only right after a timer's `poll` returned `Pending`: a promise
-/// that is not kept could let a layer above skip the timer it needed.
+/// that is not kept could let a layer above skip the timer it needed. For
+/// the same reason, a layer that drops an inner future in the very poll in
+/// which it polled it, and then returns `Pending`, must run that poll in
+/// [`watch_wakeups`] and not pass its promises on (no parapet layer does:
+/// each returns `Pending` only while its inner future lives).
 #[inline]
 pub fn will_wake_by(at: Instant) {
     let _ = WAKE_BY.try_with(|cell| {
