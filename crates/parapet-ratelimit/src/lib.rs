@@ -24,7 +24,9 @@
 //!
 //! By default a call that must wait does so, within the layer's `max_wait`
 //! (unset by default) and the call's [`Deadline`](parapet_core::Deadline)
-//! (set by the deadline layer, or by hand in the request's extensions). When
+//! (read with [`Deadline::current`](parapet_core::Deadline::current): the
+//! deadline layer's, in scope while it calls and polls the layers beneath,
+//! or one set by hand in the request's extensions). When
 //! the wait would end past either, the call fails at once, without waiting
 //! first, with the layer's own error: [`RateLimited`] (with the earliest
 //! moment it could have gone), [`Throttled`] (with the time left before the
@@ -98,8 +100,10 @@
 //!
 //! Everything runs on `tokio::time`, so tests with paused time control the
 //! buckets, gates and waits. On the common path (nothing to wait for) a call
-//! through the shared rate limiter costs a clock read and one atomic
-//! compare-and-swap, and no allocation; the per-authority variants add a
+//! through the shared rate limiter costs a clock read (none beneath a
+//! deadline layer, which holds its reading for the layers it calls: see
+//! [`parapet_core::clock`]) and one atomic compare-and-swap, and no
+//! allocation; the per-authority variants add a
 //! hash-map lookup under a mutex, keyed by the request's own authority bytes
 //! (one short scan, no copy, no allocation except for an authority seen for
 //! the first time; a small multiply-and-add hasher instead of `SipHash`, as
