@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every figure of BENCHMARKS.md: `cd benches && ./run.sh`.
-# About 4.5 minutes once built; a cold build adds a few minutes on 2 cores.
+# About 3.5 minutes once built; a cold build adds about 2.5 minutes on 2 cores.
 # Results are printed and kept in target/results/ (or $CARGO_TARGET_DIR/results/).
 set -euo pipefail
 cd "$(dirname "$0")"
