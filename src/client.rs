@@ -33,15 +33,7 @@ type StackFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxE
 pub(crate) struct Stack(Box<dyn ErasedStack>);
 
 impl Stack {
-    pub(crate) fn new<S>(svc: S) -> Self
-    where
-        S: Service<Request<ReplayBody>, Response = http::Response<Body>, Error = BoxError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub(crate) fn new(svc: impl ErasedStack + 'static) -> Self {
         Self(Box::new(svc))
     }
 
@@ -50,7 +42,7 @@ impl Stack {
     }
 }
 
-trait ErasedStack: Send + Sync {
+pub(crate) trait ErasedStack: Send + Sync {
     fn call(&self, req: Request<ReplayBody>) -> StackFuture;
 }
 

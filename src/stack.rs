@@ -261,27 +261,20 @@ impl LayerConfig {
             // and a re-wrapped response and body per layer per call. With
             // the layers that are off by default all off (the default
             // configuration), none at all; otherwise only they keep it.
-            if self.rate_limit.is_none() && self.auth.is_none() && self.concurrency_limit.is_none()
-            {
-                let svc = ServiceBuilder::new()
-                    .layer(request_id.clone())
-                    .layer(trace.clone())
-                    .layer(DeadlineLayer::new(deadline))
-                    .layer(retry.clone())
-                    .layer(attempt_trace.clone())
-                    .layer(throttle.clone())
-                    .layer(*attempt_timeout)
-                    .service(transport);
-                let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
-                return Ok(Stack::new(svc));
-            }
-            let svc = ServiceBuilder::new()
+            let default_layers = ServiceBuilder::new()
                 .layer(request_id.clone())
                 .layer(trace.clone())
                 .layer(DeadlineLayer::new(deadline))
                 .layer(retry.clone())
                 .layer(attempt_trace.clone())
-                .layer(throttle.clone())
+                .layer(throttle.clone());
+            if self.rate_limit.is_none() && self.auth.is_none() && self.concurrency_limit.is_none()
+            {
+                let svc = default_layers.layer(*attempt_timeout).service(transport);
+                let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
+                return Ok(Stack::new(svc));
+            }
+            let svc = default_layers
                 .layer(Optional(self.rate_limit.clone()))
                 .layer(Optional(self.auth.clone()))
                 .layer(Optional(self.concurrency_limit.clone()))
