@@ -110,7 +110,8 @@
 //!   once and holds that reading for the layers beneath while it calls them
 //!   ([`parapet_core::clock`]), so the attempt timeout and the limiters do not
 //!   read it again. Its response future adds 24 bytes to the inner one (its
-//!   timer is boxed when armed, which over the network is seldom: see below).
+//!   timer is boxed when armed, which under an attempt timeout is seldom:
+//!   see below).
 //! - [`AttemptTimeoutLayer`]: about 55–80 ns and no allocation; its
 //!   response future adds 168 bytes.
 //! - Each layer wraps the body in a [`TimeoutBody`], which adds 72 bytes
@@ -124,9 +125,11 @@
 //! layers in real use). The attempt future keeps that `Sleep` inline rather
 //! than boxing it: a box would make it about 100 bytes smaller, but every
 //! call over the network would pay an allocation for it. The deadline's
-//! timer is the other way round: it is seldom armed (see below), so it is
-//! boxed when armed and the deadline future carries 16 bytes instead of a
-//! `Sleep` through every layer above. A [`TimeoutBody`] boxes its timer too,
+//! timer is the other way round: with an attempt timeout beneath it, as in
+//! the recommended stack, it is seldom armed (see below), so it is boxed
+//! when armed and the deadline future carries 16 bytes instead of a `Sleep`
+//! through every layer above. (A stack with a deadline and no attempt
+//! timeout pays that box, one allocation, on every call that waits.) A [`TimeoutBody`] boxes its timer too,
 //! when it first waits: most small bodies arrive with the headers and never
 //! wait, and a body that waits allocates once (the timer is reset in place
 //! for later waits).
