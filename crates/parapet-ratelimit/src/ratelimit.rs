@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
@@ -460,7 +460,12 @@ where
                 StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
                 StateProj::Failed { error } => return Poll::Ready(Err((*error).into())),
                 StateProj::Waiting { sleep, parked } => {
-                    ready!(sleep.as_mut().poll(cx));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        // A deadline layer above need not arm a timer of
+                        // its own while this one will wake the task.
+                        parapet_core::clock::will_wake_by(sleep.deadline());
+                        return Poll::Pending;
+                    }
                     let Some(p) = parked.as_mut() else {
                         // NOTE: unreachable: `parked` is only taken on the way
                         // out of this state.
@@ -700,6 +705,24 @@ mod tests {
         }
         let log = log.lock().unwrap();
         assert_eq!(log.iter().filter(|&&t| t <= end).count(), 101);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_promises_to_wake_the_task_when_its_slot_comes() {
+        let log = Log::default();
+        let mut svc = RateLimitLayer::new(Quota::per_second(n(1))).layer(recorder(&log));
+        let start = Instant::now();
+        svc.ready().await.unwrap().call(get("/")).await.unwrap();
+        let mut waiter = std::pin::pin!(svc.ready().await.unwrap().call(get("/")));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (polled, promised) =
+            parapet_core::clock::watch_wakeups(|| waiter.as_mut().poll(&mut cx));
+        assert!(polled.is_pending());
+        // The slot is at 1 s; a deadline layer above may rely on this timer.
+        let by = promised.unwrap();
+        assert!(by >= start + Duration::from_secs(1) && by <= start + Duration::from_millis(1005));
+        waiter.await.unwrap();
+        assert_eq!(log.lock().unwrap().len(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -581,7 +581,12 @@ where
                 }
                 StateProj::Failed { error } => return Poll::Ready(Err((*error).into())),
                 StateProj::Waiting { sleep, parked } => {
-                    ready!(sleep.as_mut().poll(cx));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        // A deadline layer above need not arm a timer of
+                        // its own while this one will wake the task.
+                        parapet_core::clock::will_wake_by(sleep.deadline());
+                        return Poll::Pending;
+                    }
                     let Some(p) = parked.as_mut() else {
                         // NOTE: unreachable: `parked` is only taken on the way
                         // out of this state.

@@ -283,7 +283,12 @@ where
                                 }
                             }
                         }
-                        ready!(sleep.as_mut().poll(cx));
+                        if sleep.as_mut().poll(cx).is_pending() {
+                            // A deadline layer above need not arm a timer of
+                            // its own while this one will wake the task.
+                            parapet_core::clock::will_wake_by(sleep.deadline());
+                            return Poll::Pending;
+                        }
                         if matches!(*drain, Drain::Reading { .. }) {
                             // The drain's time is up: drop the body (and with
                             // it, for HTTP/1, the connection).
@@ -1152,6 +1157,23 @@ mod tests {
             fut.as_mut().poll(cx)
         })
         .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_promises_to_wake_the_task_when_it_ends() {
+        let stub = Stub::statuses(&[503]);
+        let retry = Retry::new(stub.clone(), plain().build().unwrap());
+        let start = Instant::now();
+        let mut fut = std::pin::pin!(retry.oneshot(get()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (polled, promised) = parapet_core::clock::watch_wakeups(|| fut.as_mut().poll(&mut cx));
+        assert!(polled.is_pending());
+        // The first attempt got its 503; the first backoff (100 ms) holds a
+        // timer that wakes the task.
+        assert_eq!(stub.seen().len(), 1);
+        assert_eq!(promised, Some(start + 100 * MS));
+        fut.await.unwrap();
+        assert_eq!(stub.seen().len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

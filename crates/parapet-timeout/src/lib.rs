@@ -138,11 +138,13 @@
 //! earlier of its limit and the call's deadline, so while it is armed the
 //! deadline's own timer is not needed: the attempt layer says so when its
 //! timer is registered ([`parapet_core::clock::will_wake_by`]), and the
-//! deadline layer then skips arming its own, looking again at every poll
-//! (during a retry's backoff, say, nothing beneath holds a timer and it arms
-//! its own). The attempt layer always arms its timer, even when the
-//! deadline is the earlier limit: it cannot know that a layer above enforces
-//! the deadline it reads (a caller may set one by hand).
+//! deadline layer then skips arming its own, looking again at every poll.
+//! parapet's other timers promise the same: a retry's backoff, a rate
+//! limiter's or a throttle's wait. When nothing beneath holds a timer (a
+//! wait for a concurrency slot or a token, an inner service of your own),
+//! the deadline arms its own. The attempt layer always arms its timer, even
+//! when the deadline is the earlier limit: it cannot know that a layer above
+//! enforces the deadline it reads (a caller may set one by hand).
 //!
 //! # Example
 //!
