@@ -82,6 +82,13 @@ async fn answered(server: &Server, n: usize) {
     sleep(Duration::from_millis(100)).await;
 }
 
+/// Starts a GET of `url`, drops it 200 ms into its wait, then gives
+/// anything it might still send time to arrive.
+async fn abandon_while_waiting(client: &Client, url: &str) {
+    cancel(client.get(url).send(), sleep(Duration::from_millis(200))).await;
+    sleep(AFTERWARDS).await;
+}
+
 async fn later_call_is_normal(client: &Client, server: &Server, path: &str) {
     let start = Instant::now();
     let res = client.get(&server.url(path)).send().await.unwrap();
@@ -144,12 +151,7 @@ async fn dropped_while_waiting_at_the_rate_limiter() {
         .unwrap();
 
     client.get(&server.url("/x")).send().await.unwrap();
-    cancel(
-        client.get(&server.url("/x")).send(),
-        sleep(Duration::from_millis(200)),
-    )
-    .await;
-    sleep(AFTERWARDS).await;
+    abandon_while_waiting(&client, &server.url("/x")).await;
     assert_eq!(server.hits("/x"), 1, "the abandoned call was never sent");
 
     later_call_is_normal(&client, &server, "/x").await;
@@ -170,12 +172,7 @@ async fn dropped_while_waiting_at_a_closed_throttle_gate() {
 
     let res = client.get(&server.url("/x")).send().await.unwrap();
     assert_eq!(res.status(), 429);
-    cancel(
-        client.get(&server.url("/x")).send(),
-        sleep(Duration::from_millis(200)),
-    )
-    .await;
-    sleep(AFTERWARDS).await;
+    abandon_while_waiting(&client, &server.url("/x")).await;
     assert_eq!(server.hits("/x"), 1, "the abandoned call was never sent");
 
     later_call_is_normal(&client, &server, "/x").await;
@@ -210,12 +207,7 @@ async fn dropped_while_waiting_for_a_token() {
         .build()
         .unwrap();
 
-    cancel(
-        client.get(&api.url("/me")).send(),
-        sleep(Duration::from_millis(200)),
-    )
-    .await;
-    sleep(AFTERWARDS).await;
+    abandon_while_waiting(&client, &api.url("/me")).await;
     assert_eq!(api.requests(), 0, "the abandoned call was never sent");
     // The fetch itself was not abandoned: it runs for whoever needs the
     // token next (the cache's documented single-flight behaviour).

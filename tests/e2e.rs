@@ -21,6 +21,19 @@ use parapet_testkit::{Reply, Server};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+/// The value of header `name`, which every arrival carried, the same.
+fn one_value(arrivals: &[parapet_testkit::Arrival], name: &str) -> String {
+    let first = arrivals[0].header(name).expect("the header arrived");
+    for a in arrivals {
+        assert_eq!(
+            a.header(name),
+            Some(first),
+            "{name} differs between attempts"
+        );
+    }
+    first.to_owned()
+}
+
 fn fast() -> ClientBuilder {
     // Small waits so that the suite stays quick; the behaviour is the same.
     Client::builder()
@@ -52,17 +65,10 @@ async fn a_get_answered_503_503_200_succeeds_after_three_arrivals_with_one_reque
 
     let arrivals = server.arrivals_for("/items");
     assert_eq!(arrivals.len(), 3);
-    let id = arrivals[0].header("x-request-id").unwrap().to_owned();
-    assert_eq!(id.len(), 36);
-    assert!(
-        arrivals
-            .iter()
-            .all(|a| a.header("x-request-id") == Some(id.as_str()))
-    );
-    assert!(
-        arrivals
-            .iter()
-            .all(|a| a.header("user-agent") == Some(parapet::DEFAULT_USER_AGENT))
+    assert_eq!(one_value(&arrivals, "x-request-id").len(), 36);
+    assert_eq!(
+        one_value(&arrivals, "user-agent"),
+        parapet::DEFAULT_USER_AGENT
     );
 }
 
@@ -102,12 +108,7 @@ async fn a_post_with_an_idempotency_key_is_retried_with_the_same_key_and_body() 
     assert_eq!(resp.status(), 201);
     let arrivals = server.arrivals_for("/charges");
     assert_eq!(arrivals.len(), 3);
-    let key = arrivals[0].header("idempotency-key").unwrap().to_owned();
-    assert!(
-        arrivals
-            .iter()
-            .all(|a| a.header("idempotency-key") == Some(key.as_str()))
-    );
+    one_value(&arrivals, "idempotency-key");
     assert!(
         arrivals
             .iter()
@@ -278,11 +279,7 @@ async fn a_static_bearer_token_is_sent_on_every_attempt() {
     assert_eq!(client.get("/me").send().await.unwrap().status(), 200);
     let arrivals = server.arrivals_for("/me");
     assert_eq!(arrivals.len(), 2);
-    assert!(
-        arrivals
-            .iter()
-            .all(|a| a.header("authorization") == Some("Bearer s3cr3t-token"))
-    );
+    assert_eq!(one_value(&arrivals, "authorization"), "Bearer s3cr3t-token");
 }
 
 #[tokio::test]

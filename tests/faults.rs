@@ -206,44 +206,41 @@ async fn post_arrives_once(fault: Fault) {
     }
 }
 
+/// Both halves of a fault's suite, with the log captured (and checked for
+/// planted secrets) for the whole of it.
 async fn fault_suite(fault: Fault) {
+    let _logs = capture();
     get_is_retried_within_limits(fault).await;
     post_arrives_once(fault).await;
 }
 
 #[tokio::test]
 async fn reset_before_any_response() {
-    let _logs = capture();
     fault_suite(Fault::ResetBeforeResponse).await;
 }
 
 #[tokio::test]
 async fn clean_close_without_a_response() {
-    let _logs = capture();
     fault_suite(Fault::CloseWithoutResponse).await;
 }
 
 #[tokio::test]
 async fn reset_after_the_headers_mid_body() {
-    let _logs = capture();
     fault_suite(Fault::ResetMidBody).await;
 }
 
 #[tokio::test]
 async fn body_shorter_than_its_content_length() {
-    let _logs = capture();
     fault_suite(Fault::ShortBody).await;
 }
 
 #[tokio::test]
 async fn stalled_headers() {
-    let _logs = capture();
     fault_suite(Fault::StalledHeaders).await;
 }
 
 #[tokio::test]
 async fn stalled_body() {
-    let _logs = capture();
     fault_suite(Fault::StalledBody).await;
 }
 

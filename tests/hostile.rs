@@ -371,9 +371,11 @@ async fn a_url_with_credentials_is_never_logged_nor_sent_in_clear() {
         .on("/creds")
         .replies([Reply::status(503), Reply::ok()]);
     let client = builder(false).build().unwrap();
-    let url = format!(
-        "http://user:{URL_PASSWORD}@{}/creds?token=x",
-        server.authority()
+    // The testkit server's own loopback URL, with credentials added.
+    let url = server.url("/creds?token=x").replacen(
+        "http://",
+        &format!("http://user:{URL_PASSWORD}@"),
+        1,
     );
     let res = client.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 200);
