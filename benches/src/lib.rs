@@ -145,6 +145,32 @@ where
     }
 }
 
+/// The runtime whose context the in-memory cases run in: the layers read
+/// tokio's clock and make timers, while the futures are polled by hand
+/// (they never wait).
+///
+/// # Panics
+///
+/// When tokio cannot build a current-thread runtime.
+#[must_use]
+pub fn timer_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+/// The number after `name` on the command line, or `default`.
+#[must_use]
+pub fn arg(name: &str, default: f64) -> f64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A quota no benchmark can exhaust: a billion per second, burst of a billion.
 #[must_use]
 pub fn generous_quota() -> Quota {

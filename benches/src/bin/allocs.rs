@@ -59,10 +59,7 @@ fn count(run: &mut dyn FnMut(), calls: usize) -> (f64, f64) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
+    let rt = parapet_bench::timer_runtime();
     let _guard = rt.enter();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
 

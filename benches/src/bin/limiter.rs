@@ -21,19 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parapet_auth::{Token, TokenCache, TokenError, provider_fn};
-use parapet_bench::{Ready, request};
+use parapet_bench::{Ready, arg, request};
 use parapet_ratelimit::{Quota, RateLimitLayer};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
-
-fn arg(name: &str, default: f64) -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Calls through a limiter of `rate`/s from `tasks` callers for `secs`;
 /// returns (calls admitted, seconds from the first admission to the end of

@@ -34,6 +34,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use parapet_bench::arg;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -350,15 +351,6 @@ fn start_server(pin: bool) -> (Child, String) {
         .expect("ADDR line")
         .to_owned();
     (child, addr)
-}
-
-fn arg(name: &str, default: f64) -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {
