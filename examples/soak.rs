@@ -52,7 +52,7 @@ use parapet::Client;
 use parapet::auth::{AuthLayer, ClientCredentialsGrant, TokenCache, TokenEndpoint};
 use parapet::retry::RetryPolicy;
 use parapet_core::{IDEMPOTENCY_KEY, IdempotencyRules};
-use parapet_testkit::{Arrival, Reply, Server, body_hash};
+use parapet_testkit::{Arrival, Reply, Rng, Server, body_hash};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -94,26 +94,8 @@ fn args() -> Args {
     a
 }
 
-/// xorshift64*: seeded, so a run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// 0..100
-    fn pct(&mut self) -> u64 {
-        self.next() % 100
-    }
-}
-
 fn shared_rng(seed: u64) -> Arc<Mutex<Rng>> {
-    Arc::new(Mutex::new(Rng(seed | 1)))
+    Arc::new(Mutex::new(Rng::new(seed | 1)))
 }
 
 fn body_of(len: usize) -> Vec<u8> {
@@ -124,7 +106,7 @@ fn faults_route(server: &Server, seed: u64) {
     let rng = shared_rng(seed);
     let body = body_of(2048);
     server.on("/get").handle(move |_a: &Arrival| {
-        let p = rng.lock().unwrap().pct();
+        let p = rng.lock().unwrap().percent();
         let ok = Reply::ok().body(body.clone());
         match p {
             0..=7 => Reply::reset(),
@@ -145,7 +127,7 @@ fn faults_route(server: &Server, seed: u64) {
 fn storms_route(server: &Server, seed: u64) {
     let rng = shared_rng(seed);
     server.on("/storm").handle(move |_a: &Arrival| {
-        let p = rng.lock().unwrap().pct();
+        let p = rng.lock().unwrap().percent();
         match p {
             0..=39 => Reply::status(503).body("busy"),
             40..=42 => Reply::status(429).header("retry-after", "1"),
@@ -202,7 +184,7 @@ fn payments_route(server: &Server, seed: u64, ledger: Arc<Mutex<Ledger>>) {
                 }
             }
         }
-        let p = rng.lock().unwrap().pct();
+        let p = rng.lock().unwrap().percent();
         match p {
             0..=9 => Reply::reset(),
             10..=17 => Reply::close(),
@@ -332,7 +314,7 @@ struct AuthLedger {
 fn token_route(server: &Server, seed: u64, ledger: Arc<Mutex<AuthLedger>>) {
     let rng = shared_rng(seed);
     server.on("/token").handle(move |_a: &Arrival| {
-        let p = rng.lock().unwrap().pct();
+        let p = rng.lock().unwrap().percent();
         if p < 10 {
             return Reply::status(503);
         }
@@ -372,7 +354,7 @@ fn api_route(server: &Server, seed: u64, ledger: Arc<Mutex<AuthLedger>>) {
                 l.bad_token += 1;
             }
         }
-        match rng.lock().unwrap().pct() {
+        match rng.lock().unwrap().percent() {
             0..=2 => {
                 Reply::status(401).header("www-authenticate", r#"Bearer error="invalid_token""#)
             }
@@ -468,10 +450,10 @@ async fn soak(args: Args) -> bool {
         let urls = Arc::clone(&urls);
         let counters = Arc::clone(&counters);
         let next_n = Arc::clone(&next_n);
-        let mut rng = Rng((args.seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        let mut rng = Rng::new((args.seed ^ (w as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
         workers.push(tokio::spawn(async move {
             while Instant::now() < end {
-                let op = match rng.pct() {
+                let op = match rng.percent() {
                     0..=39 => Op::Get,
                     40..=54 => Op::Storm,
                     55..=71 => Op::PostKeyed,

@@ -23,8 +23,8 @@ use std::time::Duration;
 use http::Method;
 use parapet::Client;
 use parapet::retry::RetryBudget;
-use parapet_testkit::{Arrival, Reply, Server};
-use reliability::{Outcome, Rng, Via, builder, capture, fast_policy, hand_built, policy_builder};
+use parapet_testkit::{Arrival, Reply, Rng, Server};
+use reliability::{Outcome, Via, builder, capture, fast_policy, hand_built, policy_builder};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 

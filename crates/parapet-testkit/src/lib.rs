@@ -84,8 +84,10 @@
 mod arrival;
 mod conn;
 mod reply;
+mod rng;
 mod server;
 
 pub use arrival::{Arrival, body_hash};
 pub use reply::Reply;
+pub use rng::Rng;
 pub use server::{FailTimes, Route, Server};
