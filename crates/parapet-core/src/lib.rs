@@ -44,6 +44,7 @@
 
 pub mod clock;
 mod extensions;
+mod hash;
 mod httpdate;
 mod idempotency;
 mod random;
@@ -53,6 +54,7 @@ mod server_limit;
 mod sf;
 
 pub use extensions::{Attempt, Deadline, DeadlineScope, far_future};
+pub use hash::{HostHashBuilder, HostHasher};
 pub use httpdate::{fmt_http_date, parse_http_date};
 pub use idempotency::{
     IDEMPOTENCY_KEY, Idempotency, IdempotencyKey, IdempotencyRules, is_idempotent_method,

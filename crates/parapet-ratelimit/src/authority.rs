@@ -3,7 +3,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -344,75 +344,8 @@ impl fmt::Debug for Target {
     }
 }
 
-/// The maps' hasher: the multiply-and-add of `FxHash` (as in `rustc-hash` 2), a
-/// few instructions per word instead of the rounds of `SipHash`.
-///
-/// Not resistant to chosen keys, which is fine here: the keys are the
-/// authorities this client itself calls, and the maps are swept.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct FxBuildHasher;
-
-impl BuildHasher for FxBuildHasher {
-    type Hasher = FxHasher;
-
-    fn build_hasher(&self) -> FxHasher {
-        FxHasher(0)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl FxHasher {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-
-    fn add(&mut self, word: u64) {
-        self.0 = self.0.wrapping_add(word).wrapping_mul(Self::K);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        let mut word = [0u8; 8];
-        if let Some(head) = word.get_mut(..rest.len()) {
-            head.copy_from_slice(rest);
-        }
-        self.add(u64::from_le_bytes(word) ^ (bytes.len() as u64) << 56);
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // The multiply leaves the low bits weakest; hashbrown picks buckets
-        // with them.
-        self.0.rotate_left(26)
-    }
-}
+/// The maps' hasher: parapet-core's `FxHash` for per-host tables.
+pub(crate) type FxBuildHasher = parapet_core::HostHashBuilder;
 
 /// A map keyed by authority, with the fast hasher.
 pub(crate) type AuthorityMap<V> = std::collections::HashMap<Authority, V, FxBuildHasher>;
@@ -515,13 +448,14 @@ impl<T: Sweep> Drop for Running<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hash::BuildHasher;
 
     fn key(uri: &str) -> Authority {
         AuthorityRef::of(&Request::get(uri).body(()).unwrap()).to_owned()
     }
 
     fn hash<K: Hash + ?Sized>(a: &K) -> u64 {
-        FxBuildHasher.hash_one(a)
+        FxBuildHasher::default().hash_one(a)
     }
 
     #[test]
@@ -613,18 +547,6 @@ mod tests {
         assert!(none == none.to_owned().as_ref());
         assert!(none != k);
         assert!(Target::of(&bare).key() == none);
-    }
-
-    #[test]
-    fn the_hasher_mixes_every_byte() {
-        let h = |b: &[u8]| {
-            let mut s = FxBuildHasher.build_hasher();
-            s.write(b);
-            s.finish()
-        };
-        assert_ne!(h(b"a"), h(b"a\0"));
-        assert_ne!(h(b"abcdefgh1"), h(b"abcdefgh2"));
-        assert_ne!(h(b""), h(b"\0"));
     }
 
     #[derive(Default)]

@@ -106,7 +106,7 @@
 //! allocation; the per-authority variants add a
 //! hash-map lookup under a mutex, keyed by the request's own authority bytes
 //! (one short scan, no copy, no allocation except for an authority seen for
-//! the first time; a small multiply-and-add hasher instead of `SipHash`, as
+//! the first time; parapet-core's `HostHasher`, `FxHash`, instead of `SipHash`, as
 //! the keys are the hosts this client itself calls). The throttle keeps a
 //! reference-counted handle on the request's authority, reads neither the
 //! clock nor its map while no gate is closed, and reads the system clock

@@ -1,13 +1,14 @@
 //! The retry budget: retries add at most a given share of load, per host.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use parapet_core::{HostHashBuilder, HostHasher};
 use tokio::time::Instant;
 
 /// How many retries a client may add on top of its calls, per host.
@@ -173,7 +174,7 @@ pub(crate) struct Budgets {
     /// Looked up by `&str` (no key is allocated but a new host's), with a
     /// fast non-cryptographic hash: the table is bounded by `max_hosts`, so
     /// even hosts chosen to collide cost a bounded scan, not a blow-up.
-    hosts: RwLock<HashMap<Box<str>, Arc<Host>, BuildHasherDefault<FxHasher>>>,
+    hosts: RwLock<HashMap<Box<str>, Arc<Host>, HostHashBuilder>>,
 }
 
 /// The host a service counts its calls for, so that a call to the same
@@ -195,56 +196,6 @@ pub(crate) struct LastHost {
 impl std::fmt::Debug for LastHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LastHost { .. }")
-    }
-}
-
-/// `FxHash` (as in rustc): one multiply per 8 bytes. A host name is a few
-/// words, so this costs a few nanoseconds where `SipHash` costs tens.
-#[derive(Default)]
-pub(crate) struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, mut bytes: &[u8]) {
-        while let Some((word, rest)) = bytes.split_first_chunk::<8>() {
-            self.add(u64::from_le_bytes(*word));
-            bytes = rest;
-        }
-        if let Some((word, rest)) = bytes.split_first_chunk::<4>() {
-            self.add(u64::from(u32::from_le_bytes(*word)));
-            bytes = rest;
-        }
-        for &b in bytes {
-            self.add(u64::from(b));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        // The multiply mixes upwards: fold the high bits down so that the
-        // table's bucket index (low bits) sees every input byte.
-        self.hash ^ (self.hash >> 32)
     }
 }
 
@@ -416,7 +367,7 @@ impl Budgets {
     #[cold]
     fn deposit_looked_up(&self, last: &mut LastHost, host: &str, index: u64) {
         let hash = {
-            let mut hasher = FxHasher::default();
+            let mut hasher = HostHasher::default();
             hasher.write(host.as_bytes());
             hasher.finish()
         };
