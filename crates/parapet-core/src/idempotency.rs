@@ -132,14 +132,9 @@ impl IdempotencyKey {
     /// A new random key.
     #[must_use]
     pub fn new() -> Self {
-        let hi = random_u64();
-        let lo = random_u64();
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&hi.to_be_bytes());
-        bytes[8..].copy_from_slice(&lo.to_be_bytes());
-        bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-        bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-        Self(crate::random::format_uuid(&bytes))
+        let hi = (random_u64() & !0xF000) | 0x4000; // version 4
+        let lo = (random_u64() >> 2) | (0b10 << 62); // RFC 9562 variant
+        Self(crate::random::format_uuid(hi, lo))
     }
 
     /// The key as text.

@@ -60,7 +60,7 @@ pub use idempotency::{
     IDEMPOTENCY_KEY, Idempotency, IdempotencyKey, IdempotencyRules, is_idempotent_method,
     is_safe_method,
 };
-pub use random::{Jitter, random_u64};
+pub use random::{Jitter, format_uuid, random_u64};
 pub use replay::{BoxError, DEFAULT_REPLAY_CAP, ReplayBody, ReplayError};
 pub use retry_after::{parse_retry_after, retry_after};
 pub use server_limit::{

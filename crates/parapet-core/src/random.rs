@@ -37,22 +37,44 @@ pub fn random_u64() -> u64 {
     })
 }
 
-/// Formats 16 bytes as the 36 characters of a UUID.
-pub(crate) fn format_uuid(bytes: &[u8; 16]) -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+/// `hi` and `lo`, the UUID's 128 bits (most significant first), as the
+/// 36 characters of its 8-4-4-4-12 lowercase hex form. The caller sets the
+/// version and variant bits.
+///
+/// All sixteen digits of a word are computed at once (no loop, no table),
+/// since request ids are made on every call.
+///
+/// ```
+/// let text = parapet_core::format_uuid(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+/// assert_eq!(&text, b"01234567-89ab-cdef-fedc-ba9876543210");
+/// ```
+#[must_use]
+#[allow(clippy::cast_possible_truncation)] // Taking the low 32 bits is the point.
+pub fn format_uuid(hi: u64, lo: u64) -> [u8; 36] {
+    let a = hex8((hi >> 32) as u32);
+    let b = hex8(hi as u32);
+    let c = hex8((lo >> 32) as u32);
+    let d = hex8(lo as u32);
     let mut out = [b'-'; 36];
-    let mut o = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            o += 1;
-        }
-        if let Some([hi, lo]) = out.get_mut(o..o + 2) {
-            *hi = HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
-            *lo = HEX.get(usize::from(b & 0x0f)).copied().unwrap_or(b'0');
-        }
-        o += 2;
-    }
+    out[0..8].copy_from_slice(&a);
+    out[9..13].copy_from_slice(&b[..4]);
+    out[14..18].copy_from_slice(&b[4..]);
+    out[19..23].copy_from_slice(&c[..4]);
+    out[24..28].copy_from_slice(&c[4..]);
+    out[28..36].copy_from_slice(&d);
     out
+}
+
+/// The 8 lowercase hex digits of `x`: each nibble is spread into its own
+/// byte, then shifted into `0-9` or `a-f`.
+fn hex8(x: u32) -> [u8; 8] {
+    let mut v = u64::from(x);
+    v = (v | (v << 16)) & 0x0000_FFFF_0000_FFFF;
+    v = (v | (v << 8)) & 0x00FF_00FF_00FF_00FF;
+    v = (v | (v << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    // 1 in each byte whose nibble is 10 or more.
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (v + 0x3030_3030_3030_3030 + letters * (u64::from(b'a' - b'0') - 10)).to_be_bytes()
 }
 
 /// Where jitter comes from: random in production, fixed or scripted in
@@ -203,11 +225,26 @@ mod tests {
 
     #[test]
     fn uuid_formatting() {
-        let bytes = [0x12u8; 16];
-        let s = format_uuid(&bytes);
+        let s = format_uuid(0x1212_1212_1212_1212, 0x1212_1212_1212_1212);
         assert_eq!(
             std::str::from_utf8(&s).unwrap(),
             "12121212-1212-1212-1212-121212121212"
         );
+        assert_eq!(
+            std::str::from_utf8(&format_uuid(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210))
+                .unwrap(),
+            "01234567-89ab-cdef-fedc-ba9876543210"
+        );
+    }
+
+    #[test]
+    fn hex_digits() {
+        assert_eq!(&hex8(0x0123_4567), b"01234567");
+        assert_eq!(&hex8(0x89ab_cdef), b"89abcdef");
+        assert_eq!(&hex8(0), b"00000000");
+        assert_eq!(&hex8(u32::MAX), b"ffffffff");
+        for x in [0x9a9a_0f0fu32, 0xa0b1_c2d3, 0x1234_5678, 0xdead_beef] {
+            assert_eq!(std::str::from_utf8(&hex8(x)).unwrap(), format!("{x:08x}"));
+        }
     }
 }

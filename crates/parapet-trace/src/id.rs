@@ -321,36 +321,7 @@ fn next_stamp(last: u64, now: u64) -> u64 {
 fn uuid_v7(at: u64, random: u64) -> [u8; ID_LEN] {
     let hi = ((at << 4) & 0xFFFF_FFFF_FFFF_0000) | (0x7 << 12) | (at & 0xFFF);
     let lo = (0b10 << 62) | (random >> 2);
-    format_uuid(hi, lo)
-}
-
-/// `hi` and `lo` as the 8-4-4-4-12 hex digits of a UUID.
-#[allow(clippy::cast_possible_truncation)] // Taking the low 32 bits is the point.
-fn format_uuid(hi: u64, lo: u64) -> [u8; ID_LEN] {
-    let a = hex8((hi >> 32) as u32);
-    let b = hex8(hi as u32);
-    let c = hex8((lo >> 32) as u32);
-    let d = hex8(lo as u32);
-    let mut out = [b'-'; ID_LEN];
-    out[0..8].copy_from_slice(&a);
-    out[9..13].copy_from_slice(&b[..4]);
-    out[14..18].copy_from_slice(&b[4..]);
-    out[19..23].copy_from_slice(&c[..4]);
-    out[24..28].copy_from_slice(&c[4..]);
-    out[28..36].copy_from_slice(&d);
-    out
-}
-
-/// The 8 lowercase hex digits of `x`, computed on all digits at once: each
-/// nibble is spread into its own byte, then shifted into `0-9` or `a-f`.
-fn hex8(x: u32) -> [u8; 8] {
-    let mut v = u64::from(x);
-    v = (v | (v << 16)) & 0x0000_FFFF_0000_FFFF;
-    v = (v | (v << 8)) & 0x00FF_00FF_00FF_00FF;
-    v = (v | (v << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
-    // 1 in each byte whose nibble is 10 or more.
-    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
-    (v + 0x3030_3030_3030_3030 + letters * (u64::from(b'a' - b'0') - 10)).to_be_bytes()
+    parapet_core::format_uuid(hi, lo)
 }
 
 #[cfg(test)]
@@ -473,22 +444,6 @@ mod tests {
         let later: Vec<RequestId> = (0..IDS_PER_CHUNK * 3).map(|_| RequestId::new()).collect();
         drop(later);
         assert_eq!(text(&first), copy);
-    }
-
-    #[test]
-    fn hex_digits() {
-        assert_eq!(&hex8(0x0123_4567), b"01234567");
-        assert_eq!(&hex8(0x89ab_cdef), b"89abcdef");
-        assert_eq!(&hex8(0), b"00000000");
-        assert_eq!(&hex8(u32::MAX), b"ffffffff");
-        for x in [0x9a9a_0f0fu32, 0xa0b1_c2d3, 0x1234_5678, 0xdead_beef] {
-            assert_eq!(std::str::from_utf8(&hex8(x)).unwrap(), format!("{x:08x}"));
-        }
-        assert_eq!(
-            std::str::from_utf8(&format_uuid(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210))
-                .unwrap(),
-            "01234567-89ab-cdef-fedc-ba9876543210"
-        );
     }
 
     #[test]
