@@ -11,13 +11,22 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use parapet_core::BoxError;
 use serde::de::DeserializeOwned;
+use sync_wrapper::SyncWrapper;
 
 use crate::error::{Error, Kind};
 
 /// A response body: the bytes as they arrive, with every layer's body
 /// timeouts and limits applied.
+///
+/// `Send + Sync`, so a [`Response`](crate::Response) can be held by
+/// reference across an `.await` in a spawned task or an axum handler. The
+/// layers' bodies need not be `Sync`: the body is only ever polled through
+/// `&mut`, and what `&self` methods report (`is_end_stream`, `size_hint`)
+/// is read from the inner body after each frame and kept here.
 pub struct Body {
-    inner: UnsyncBoxBody<Bytes, BoxError>,
+    inner: SyncWrapper<UnsyncBoxBody<Bytes, BoxError>>,
+    end_stream: bool,
+    size_hint: SizeHint,
 }
 
 impl Body {
@@ -27,8 +36,12 @@ impl Body {
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let end_stream = body.is_end_stream();
+        let size_hint = body.size_hint();
         Self {
-            inner: body.map_err(Into::into).boxed_unsync(),
+            inner: SyncWrapper::new(body.map_err(Into::into).boxed_unsync()),
+            end_stream,
+            size_hint,
         }
     }
 
@@ -47,15 +60,22 @@ impl HttpBody for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let inner = this.inner.get_mut();
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.end_stream = inner.is_end_stream();
+            this.size_hint = inner.size_hint();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.end_stream
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.size_hint
     }
 }
 
@@ -150,6 +170,12 @@ impl fmt::Debug for BytesStream {
 pub struct NdjsonStream<T> {
     body: Body,
     buf: BytesMut,
+    /// How much of `buf` is known to hold no newline, so that each byte is
+    /// searched once however the body is split into frames.
+    scanned: usize,
+    /// Bytes searched for a newline so far (tests check it is linear).
+    #[cfg(test)]
+    examined: usize,
     line: u64,
     done: bool,
     max_line: usize,
@@ -161,6 +187,9 @@ impl<T> NdjsonStream<T> {
         Self {
             body,
             buf: BytesMut::new(),
+            scanned: 0,
+            #[cfg(test)]
+            examined: 0,
             line: 0,
             done: false,
             max_line,
@@ -171,7 +200,17 @@ impl<T> NdjsonStream<T> {
 
 impl<T: DeserializeOwned> NdjsonStream<T> {
     fn next_line(&mut self) -> Option<Bytes> {
-        let at = self.buf.iter().position(|&b| b == b'\n')?;
+        let unscanned = self.buf.get(self.scanned..).unwrap_or_default();
+        #[cfg(test)]
+        {
+            self.examined += unscanned.len();
+        }
+        let Some(found) = unscanned.iter().position(|&b| b == b'\n') else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let at = self.scanned + found;
+        self.scanned = 0;
         let mut line = self.buf.split_to(at + 1);
         line.truncate(at);
         Some(line.freeze())
@@ -217,6 +256,7 @@ impl<T: DeserializeOwned> Stream for NdjsonStream<T> {
                     return Poll::Ready(None);
                 }
                 let rest = this.buf.split().freeze();
+                this.scanned = 0;
                 if let Some(item) = this.decode(&rest) {
                     return Poll::Ready(Some(item));
                 }
@@ -225,6 +265,7 @@ impl<T: DeserializeOwned> Stream for NdjsonStream<T> {
             if this.buf.len() > this.max_line {
                 this.done = true;
                 this.buf.clear();
+                this.scanned = 0;
                 return Poll::Ready(Some(Err(Error::new(
                     Kind::Body,
                     Some(format!("an NDJSON line is longer than {} bytes", this.max_line).into()),
@@ -236,6 +277,7 @@ impl<T: DeserializeOwned> Stream for NdjsonStream<T> {
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
                     this.buf.clear();
+                    this.scanned = 0;
                     return Poll::Ready(Some(Err(crate::classify::body_error(e))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
@@ -258,5 +300,72 @@ impl<T> fmt::Debug for NdjsonStream<T> {
         f.debug_struct("NdjsonStream")
             .field("line", &self.line)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use futures_core::Stream;
+
+    use super::*;
+
+    /// A body that yields the frames it was given, one per poll.
+    struct Frames(VecDeque<Bytes>);
+
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(s).poll_next(&mut cx) {
+            Poll::Ready(item) => item,
+            Poll::Pending => panic!("the test body is always ready"),
+        }
+    }
+
+    #[test]
+    fn a_long_ndjson_line_in_one_byte_frames_is_searched_once() {
+        // A 64 KiB string value, one byte a frame, then the newline: each
+        // byte must be looked at once, not once per frame that follows it.
+        let mut line = b"{\"v\":\"".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 64 * 1024));
+        line.extend_from_slice(b"\"}\n{\"v\":\"y\"}\n");
+        let frames = line.iter().map(|b| Bytes::copy_from_slice(&[*b])).collect();
+        let mut stream =
+            NdjsonStream::<serde_json::Value>::new(Body::new(Frames(frames)), 1024 * 1024);
+        let first = next(&mut stream).unwrap().unwrap();
+        assert_eq!(first["v"].as_str().map(str::len), Some(64 * 1024));
+        let second = next(&mut stream).unwrap().unwrap();
+        assert_eq!(second["v"], "y");
+        assert!(next(&mut stream).is_none());
+        assert!(
+            stream.examined <= line.len(),
+            "{} bytes searched for {} bytes of body",
+            stream.examined,
+            line.len()
+        );
+    }
+
+    #[test]
+    fn the_body_reports_its_end_and_size_after_each_frame() {
+        let mut body = Body::new(http_body_util::Full::new(Bytes::from_static(b"abc")));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert!(!body.is_end_stream());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let frame = Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
     }
 }

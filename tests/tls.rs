@@ -43,7 +43,7 @@ fn leaf(ca: &Ca, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Serves one canned `200 ok` per connection over TLS; returns the port and
