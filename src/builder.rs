@@ -41,7 +41,7 @@ pub const DEFAULT_USER_AGENT: &str = concat!("parapet/", env!("CARGO_PKG_VERSION
 ///     .unwrap_err();
 /// assert!(err.message().contains("attempt timeout"));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct ClientBuilder {
     base_url: Option<String>,
@@ -50,6 +50,24 @@ pub struct ClientBuilder {
     transport: TransportConfig,
     replay_cap: usize,
     pub(crate) layers: LayerConfig,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The base URL may carry `user:password@`: shown redacted, never as
+        // given.
+        let base = self.base_url.as_ref().map(|url| match url.parse::<Uri>() {
+            Ok(uri) => parapet_trace::redact::redact_uri(&uri),
+            Err(_) => "(not a valid URL)".to_owned(),
+        });
+        f.debug_struct("ClientBuilder")
+            .field("base_url", &base)
+            .field("default_headers", &self.default_headers)
+            .field("transport", &self.transport)
+            .field("replay_cap", &self.replay_cap)
+            .field("layers", &self.layers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientBuilder {
@@ -358,19 +376,36 @@ impl ClientBuilder {
         if let Some(e) = self.header_error {
             return Err(InvalidConfig::new(e));
         }
+        let mut default_headers = self.default_headers;
         let base = match self.base_url {
             None => None,
             Some(url) => {
-                let uri: Uri = url
-                    .parse()
-                    .map_err(|e| InvalidConfig::new(format!("base URL is not a valid URL: {e}")))?;
+                let uri: Uri = url.parse().map_err(|_| {
+                    InvalidConfig::new(if url.contains("://") {
+                        "base URL is not a valid URL"
+                    } else {
+                        "base URL is missing its scheme: write it like https://host/path"
+                    })
+                })?;
                 if uri.scheme().is_none() || uri.authority().is_none() {
                     return Err(InvalidConfig::new(
                         "base URL must be absolute, like https://host/path",
                     ));
                 }
+                crate::client::check_scheme(&uri)
+                    .map_err(|e| InvalidConfig::new(format!("base URL: {e}")))?;
                 if uri.query().is_some() {
                     return Err(InvalidConfig::new("base URL must not have a query"));
+                }
+                // Credentials in the base URL become a default
+                // `Authorization: Basic` header, so that no URI the client
+                // keeps, logs or pools by carries them.
+                let (uri, basic) = crate::client::split_userinfo(uri)
+                    .map_err(|e| InvalidConfig::new(format!("base URL: {e}")))?;
+                if let Some(basic) = basic {
+                    if !default_headers.contains_key(http::header::AUTHORIZATION) {
+                        default_headers.insert(http::header::AUTHORIZATION, basic);
+                    }
                 }
                 Some(uri)
             }
@@ -379,7 +414,7 @@ impl ClientBuilder {
         Ok(Client::from_parts(Shared {
             stack,
             base,
-            default_headers: self.default_headers,
+            default_headers,
             replay_cap: self.replay_cap,
         }))
     }

@@ -176,10 +176,18 @@ impl Client {
     }
 
     fn resolve(&self, url: &str) -> Result<Uri, Error> {
-        let uri: Uri = if url.contains("://") || url.starts_with('/') {
+        if let Some(scheme) = scheme_of(url) {
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return Err(Error::request(UnsupportedScheme {
+                    scheme: scheme.chars().take(32).collect(),
+                }));
+            }
+        }
+        let uri: Uri = if scheme_of(url).is_some() || url.starts_with('/') {
             url.parse()
         } else {
-            // A path relative to the base, like `users/7`.
+            // A path relative to the base, like `users/7` or
+            // `search?next=https://x.test/`.
             format!("/{url}").parse()
         }
         .map_err(Error::request)?;
@@ -223,6 +231,7 @@ impl Client {
         if parts.uri.scheme().is_none() {
             parts.uri = self.absolute(parts.uri)?;
         }
+        check_scheme(&parts.uri).map_err(Error::request)?;
         if parts
             .uri
             .authority()
@@ -242,6 +251,60 @@ impl Client {
     }
 }
 
+/// The URI scheme `url` starts with (RFC 3986 §3.1: a letter, then
+/// letters, digits, `+`, `-` or `.`, then `:`), if any: then it is
+/// absolute. Only what comes before the first `/`, `?` or `#` is looked
+/// at, so a relative path whose query holds a URL
+/// (`search?next=https://x.test/`) has none.
+fn scheme_of(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
+/// Refuses a URL whose scheme the client cannot speak. Checked before the
+/// request enters the stack, so a configuration mistake is never retried
+/// as if it were a connect failure.
+pub(crate) fn check_scheme(uri: &Uri) -> Result<(), UnsupportedScheme> {
+    match uri.scheme_str() {
+        Some("http" | "https") => Ok(()),
+        other => Err(UnsupportedScheme {
+            scheme: other.unwrap_or_default().chars().take(32).collect(),
+        }),
+    }
+}
+
+/// A URL whose scheme is not `http` or `https` (`ftp://`, `file://`, a
+/// host name mistaken for a scheme in `localhost:8080/x`). The error's
+/// [`Error::is_request`] is true, and it is never retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedScheme {
+    scheme: String,
+}
+
+impl UnsupportedScheme {
+    /// The scheme that was given (at most 32 characters of it).
+    #[must_use]
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+}
+
+impl fmt::Display for UnsupportedScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unsupported URL scheme `{}`: only http and https are supported (a relative path \
+             with a colon in its first segment needs `./` in front)",
+            self.scheme.escape_debug()
+        )
+    }
+}
+
+impl std::error::Error for UnsupportedScheme {}
+
 /// Moves `user:password@` out of the URL into a sensitive
 /// `Authorization: Basic` header (unless the request has one already), as
 /// browsers, curl and reqwest do.
@@ -250,30 +313,38 @@ impl Client {
 /// the connection pool keys and logs by authority, and the URI reaches
 /// every layer's spans and errors.
 fn userinfo_to_basic_auth(parts: &mut http::request::Parts) -> Result<(), Error> {
+    let (uri, basic) = split_userinfo(std::mem::take(&mut parts.uri)).map_err(Error::request)?;
+    parts.uri = uri;
+    if let Some(value) = basic {
+        if !parts.headers.contains_key(http::header::AUTHORIZATION) {
+            parts.headers.insert(http::header::AUTHORIZATION, value);
+        }
+    }
+    Ok(())
+}
+
+/// Takes `user:password@` out of `uri`: the URI without it, and the
+/// sensitive `Basic` header value it makes (none when there was none).
+pub(crate) fn split_userinfo(uri: Uri) -> Result<(Uri, Option<HeaderValue>), &'static str> {
     use base64::Engine as _;
 
-    let Some(authority) = parts.uri.authority() else {
-        return Ok(());
+    let Some(authority) = uri.authority() else {
+        return Ok((uri, None));
     };
     let Some((userinfo, host)) = authority.as_str().rsplit_once('@') else {
-        return Ok(());
+        return Ok((uri, None));
     };
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let credentials = format!("{}:{}", percent_decode(user), percent_decode(password));
-    let host: http::uri::Authority = host
-        .parse()
-        .map_err(|_| Error::request("the URL's host is not valid"))?;
-    let mut uri_parts = std::mem::take(&mut parts.uri).into_parts();
+    let host: http::uri::Authority = host.parse().map_err(|_| "the URL's host is not valid")?;
+    let mut uri_parts = uri.into_parts();
     uri_parts.authority = Some(host);
-    parts.uri = Uri::from_parts(uri_parts).map_err(|_| Error::request("the URL is not valid"))?;
-    if !parts.headers.contains_key(http::header::AUTHORIZATION) {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-            .map_err(|_| Error::request("the URL's credentials are not valid"))?;
-        value.set_sensitive(true);
-        parts.headers.insert(http::header::AUTHORIZATION, value);
-    }
-    Ok(())
+    let uri = Uri::from_parts(uri_parts).map_err(|_| "the URL is not valid")?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .map_err(|_| "the URL's credentials are not valid")?;
+    value.set_sensitive(true);
+    Ok((uri, Some(value)))
 }
 
 /// Decodes `%XX` escapes; anything malformed is kept as it is.
@@ -300,8 +371,24 @@ fn percent_decode(s: &str) -> String {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.shared.base)
+            .field(
+                "base",
+                &self
+                    .shared
+                    .base
+                    .as_ref()
+                    .map(|b| DisplayAsDebug(parapet_trace::redact::RedactedUri::new(b))),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+/// Formats a value's `Display` where `Debug` is asked for.
+pub(crate) struct DisplayAsDebug<T>(pub(crate) T);
+
+impl<T: fmt::Display> fmt::Debug for DisplayAsDebug<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
     }
 }
 

@@ -8,6 +8,11 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use parapet_core::BoxError;
 
+/// The longest wait an error reports; see [`Error::retry_after`].
+fn clamp_wait(wait: Duration) -> Duration {
+    wait.min(crate::DEFAULT_MAX_SERVER_WAIT)
+}
+
 /// Everything that can go wrong with a call, as one opaque type.
 ///
 /// Ask it what happened with the predicates ([`is_timeout`](Self::is_timeout),
@@ -90,14 +95,14 @@ impl Error {
         e.inner.rate_limited = rate_limited;
         e.inner.status = Some(status);
         e.inner.headers = Some(headers);
-        e.inner.retry_after = retry_after;
+        e.inner.retry_after = retry_after.map(clamp_wait);
         e.inner.snippet = Some(snippet);
         e
     }
 
     pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         if retry_after.is_some() {
-            self.inner.retry_after = retry_after;
+            self.inner.retry_after = retry_after.map(clamp_wait);
         }
         self
     }
@@ -179,8 +184,32 @@ impl Error {
         self.inner.headers.as_ref()
     }
 
-    /// How long the server (a `Retry-After`) or the local limiter asked us
-    /// to wait, when one did.
+    /// How long the server (a `Retry-After`, or the reset of an exhausted
+    /// rate-limit window) or the local limiter asked us to wait, when one
+    /// did; at most [`DEFAULT_MAX_SERVER_WAIT`](crate::DEFAULT_MAX_SERVER_WAIT)
+    /// (5 minutes).
+    ///
+    /// The clamp is what the client itself honours: its throttle never
+    /// holds a host longer than that on one server signal, and probes again
+    /// after it. A server's `Retry-After: 86400` (or `18446744073709551615`)
+    /// would otherwise reach the caller as-is, and adding it to an
+    /// `Instant` panics. The server's own value is in
+    /// [`headers`](Self::headers).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// let server = parapet_testkit::Server::start().await;
+    /// server.on("/busy").reply(
+    ///     parapet_testkit::Reply::status(503).header("retry-after", "18446744073709551615"),
+    /// );
+    /// let client = parapet::Client::builder().retry_off().build().unwrap();
+    /// let resp = client.get(&server.url("/busy")).send().await.unwrap();
+    /// let err = resp.error_for_status().await.unwrap_err();
+    /// assert_eq!(err.retry_after(), Some(Duration::from_secs(300)));
+    /// assert_eq!(err.headers().unwrap()["retry-after"], "18446744073709551615");
+    /// # }
+    /// ```
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after

@@ -62,7 +62,7 @@ mod transport;
 
 pub use body::{Body, BytesStream, NdjsonStream};
 pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
-pub use client::{Client, RequestBuilder, ResponseFuture};
+pub use client::{Client, RequestBuilder, ResponseFuture, UnsupportedScheme};
 pub use error::{Error, InvalidConfig};
 pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
 pub use transport::{Certificate, Identity};
