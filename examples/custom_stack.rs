@@ -49,11 +49,13 @@ async fn main() -> Result<(), BoxError> {
         .layer(DeadlineLayer::new(Duration::from_secs(10)))
         .layer(RetryLayer::new(policy))
         .layer(AttemptTraceLayer::new())
+        // Auth above the limiters: its re-send after a 401 is gated and
+        // counted like every request that leaves.
+        .layer(AuthLayer::bearer("example-token")?)
         .layer(ThrottleLayer::new())
         .layer(RateLimitLayer::new(Quota::per_second(
             NonZeroU32::new(20).unwrap(),
         )))
-        .layer(AuthLayer::bearer("example-token")?)
         .layer(AttemptTimeoutLayer::new(Duration::from_secs(2)))
         .service(hyper);
 

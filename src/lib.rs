@@ -29,8 +29,8 @@
 //!
 //! Outermost first: request id and call span → deadline (30 s) → retry (3
 //! attempts, idempotent requests only, `Retry-After` obeyed) and attempt
-//! spans → throttle (server-told limits, per host) → rate limit (off unless
-//! set) → auth (none unless set) → concurrency limit (off unless set) →
+//! spans → auth (none unless set) → throttle (server-told limits, per host)
+//! → rate limit (off unless set) → concurrency limit (off unless set) →
 //! attempt timeout (10 s, shortened to the deadline) → hyper-util with
 //! rustls (connect timeout 5 s, pool idle 30 s). Each layer crate's docs say
 //! why it sits where it does; the layers are re-exported as [`core`],

@@ -82,7 +82,7 @@
 //! RequestId / trace
 //! DeadlineLayer          outside retry: one budget for every attempt and every wait
 //! Retry
-//! Throttle, RateLimit, Auth, ConcurrencyLimit
+//! Auth, Throttle, RateLimit, ConcurrencyLimit
 //! AttemptTimeoutLayer    inside retry, innermost, just above the client
 //! hyper-util client
 //! ```

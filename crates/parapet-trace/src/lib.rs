@@ -24,7 +24,7 @@
 //!    its events about delays) happens in it;
 //! 3. deadline, then retry;
 //! 4. [`AttemptTraceLayer`]: inside retry, once per attempt; outside the
-//!    per-attempt layers (throttle, rate limit, auth, concurrency limit,
+//!    per-attempt layers (auth, throttle, rate limit, concurrency limit,
 //!    attempt timeout) so that their waits count in the attempt.
 //!
 //! ```
