@@ -44,11 +44,11 @@ pub const DEFAULT_USER_AGENT: &str = concat!("parapet/", env!("CARGO_PKG_VERSION
 #[derive(Clone)]
 #[must_use]
 pub struct ClientBuilder {
-    base_url: Option<String>,
-    default_headers: HeaderMap,
-    header_error: Option<String>,
-    transport: TransportConfig,
-    replay_cap: usize,
+    pub(crate) base_url: Option<String>,
+    pub(crate) default_headers: HeaderMap,
+    pub(crate) header_error: Option<String>,
+    pub(crate) transport: TransportConfig,
+    pub(crate) replay_cap: usize,
     pub(crate) layers: LayerConfig,
 }
 

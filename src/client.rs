@@ -458,13 +458,13 @@ impl fmt::Debug for ResponseFuture {
 /// [`is_request`](Error::is_request) is true; nothing panics.
 #[must_use = "a request does nothing until it is sent"]
 pub struct RequestBuilder {
-    client: Client,
-    parts: Result<Request<()>, Error>,
-    body: ReplayBody,
+    pub(crate) client: Client,
+    pub(crate) parts: Result<Request<()>, Error>,
+    pub(crate) body: ReplayBody,
 }
 
 impl RequestBuilder {
-    fn with(mut self, f: impl FnOnce(&mut Request<()>) -> Result<(), Error>) -> Self {
+    pub(crate) fn with(mut self, f: impl FnOnce(&mut Request<()>) -> Result<(), Error>) -> Self {
         if let Ok(req) = &mut self.parts {
             if let Err(e) = f(req) {
                 self.parts = Err(e);
