@@ -56,6 +56,7 @@ mod classify;
 mod client;
 mod error;
 mod optional;
+mod proxy;
 mod response;
 mod stack;
 mod transport;
@@ -64,6 +65,7 @@ pub use body::{Body, BytesStream, NdjsonStream};
 pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
 pub use client::{Client, RequestBuilder, ResponseFuture, UnsupportedScheme};
 pub use error::{Error, InvalidConfig};
+pub use proxy::{Proxy, ProxyError};
 pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
 pub use transport::{Certificate, Identity};
 

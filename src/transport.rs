@@ -6,15 +6,28 @@ use std::time::Duration;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parapet_core::ReplayBody;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::builder::ClientBuilder;
 use crate::error::InvalidConfig;
+use crate::proxy::{ProxyConfig, ProxyConnector};
 
-/// The hyper-util client parapet sends through.
-pub(crate) type Transport = HyperClient<HttpsConnector<HttpConnector>, ReplayBody>;
+/// The hyper-util client parapet sends through: the plain one when no proxy
+/// applies to anything (exactly the client without proxy support), or one
+/// whose connector routes each destination through its proxy.
+pub(crate) enum Transport {
+    Direct(HyperClient<HttpsConnector<HttpConnector>, ReplayBody>),
+    Proxied {
+        client: HyperClient<ProxyConnector, ReplayBody>,
+        /// Set when the proxy of `http://` destinations has credentials:
+        /// those requests then carry `Proxy-Authorization`.
+        http_auth: Option<Arc<Matcher>>,
+    },
+}
 
 /// The hyper-util client behind one `Arc`, as the stack's innermost service.
 ///
@@ -46,7 +59,16 @@ impl tower::Service<http::Request<ReplayBody>> for SharedTransport {
     }
 
     fn call(&mut self, req: http::Request<ReplayBody>) -> Self::Future {
-        self.0.request(req)
+        match &*self.0 {
+            Transport::Direct(client) => client.request(req),
+            Transport::Proxied { client, http_auth } => {
+                let mut req = req;
+                if let Some(matcher) = http_auth {
+                    crate::proxy::add_proxy_authorization(matcher, &mut req);
+                }
+                client.request(req)
+            }
+        }
     }
 }
 
@@ -143,6 +165,8 @@ pub(crate) struct TransportConfig {
     pub(crate) roots: Vec<Certificate>,
     pub(crate) identity: Option<Identity>,
     pub(crate) https_only: bool,
+    pub(crate) http2_prior_knowledge: bool,
+    pub(crate) proxy: ProxyConfig,
 }
 
 impl Default for TransportConfig {
@@ -158,6 +182,8 @@ impl Default for TransportConfig {
             roots: Vec::new(),
             identity: None,
             https_only: false,
+            http2_prior_knowledge: false,
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -204,30 +230,91 @@ impl TransportConfig {
             None => builder.with_no_client_auth(),
         };
 
+        if self.http2_prior_knowledge && !self.http2 {
+            return Err(InvalidConfig::new(
+                "http2_prior_knowledge needs HTTP/2, which http2(false) turned off",
+            ));
+        }
+        let rules = self.proxy.rules()?;
+
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(self.connect_timeout);
         http.set_nodelay(self.tcp_nodelay);
         http.set_keepalive(self.tcp_keepalive);
 
-        let schemes = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        // The builder below sets the ALPN of its own copy; a tunnel's TLS to
+        // the origin needs the same list on this one.
+        let mut origin_tls = tls.clone();
+        let schemes = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.clone());
         let schemes = if self.https_only {
             schemes.https_only()
         } else {
             schemes.https_or_http()
         };
-        let connector = if self.http2 {
-            schemes.enable_all_versions().wrap_connector(http)
+        let connector = if self.http2_prior_knowledge {
+            origin_tls.alpn_protocols = vec![b"h2".to_vec()];
+            schemes.enable_http2().wrap_connector(http.clone())
+        } else if self.http2 {
+            origin_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            schemes.enable_all_versions().wrap_connector(http.clone())
         } else {
-            schemes.enable_http1().wrap_connector(http)
+            schemes.enable_http1().wrap_connector(http.clone())
         };
 
+        let Some(rules) = rules else {
+            return Ok(Transport::Direct(self.client().build(connector)));
+        };
+        // To the proxy itself: plain or TLS, always HTTP/1.1.
+        let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let http_auth = rules.http_auth.then(|| rules.matcher.clone());
+        let connector = ProxyConnector::new(
+            connector,
+            to_proxy,
+            Arc::new(origin_tls),
+            rules.matcher,
+            self.https_only,
+        );
+        Ok(Transport::Proxied {
+            client: self.client().build(connector),
+            http_auth,
+        })
+    }
+
+    /// The hyper-util client builder with this configuration.
+    fn client(&self) -> hyper_util::client::legacy::Builder {
         let mut client = HyperClient::builder(TokioExecutor::new());
         client
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host);
-        Ok(client.build(connector))
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .http2_only(self.http2_prior_knowledge);
+        client
+    }
+}
+
+impl ClientBuilder {
+    /// Speak HTTP/2 from the first byte, without negotiating it: on plain
+    /// `http://` connections (h2c, for gRPC-style and internal services
+    /// that serve HTTP/2 without TLS) and on TLS ones (ALPN then offers
+    /// only `h2`). A server that only speaks HTTP/1.1 then fails the
+    /// attempt with a typed error. Default: off (HTTP/2 only where TLS
+    /// negotiates it by ALPN; plain `http://` uses HTTP/1.1).
+    ///
+    /// ```
+    /// let client = parapet::Client::builder()
+    ///     .http2_prior_knowledge()
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// ```
+    pub fn http2_prior_knowledge(mut self) -> Self {
+        self.transport.http2_prior_knowledge = true;
+        self
     }
 }
