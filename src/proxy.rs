@@ -1,34 +1,6 @@
 //! Proxies: explicit ones on the builder, or `HTTP_PROXY`, `HTTPS_PROXY`,
-//! `ALL_PROXY` and `NO_PROXY` from the environment.
-//!
-//! Where it sits: below every layer, in the connector of the hyper-util
-//! client. The layers see the request as the caller made it (its URL is the
-//! origin's, never the proxy's), so retries, the deadline, the throttle and
-//! the per-host limits all work per origin; only the connection goes through
-//! the proxy.
-//!
-//! - A destination the proxy rules leave out (no proxy set, or a `NO_PROXY`
-//!   match) is connected to directly, exactly as without proxy support.
-//! - An `http://` destination is sent to the proxy in absolute form
-//!   (`GET http://host/path HTTP/1.1`), with `Proxy-Authorization` when the
-//!   proxy has credentials.
-//! - An `https://` destination goes through a `CONNECT host:port` tunnel
-//!   (with `Proxy-Authorization` on the `CONNECT` only), then TLS to the
-//!   origin inside the tunnel: the proxy sees neither the request nor the
-//!   credentials meant for the origin.
-//!
-//! The rules come from hyper-util's proxy support:
-//! [`Matcher`](hyper_util::client::proxy::matcher::Matcher) decides which
-//! proxy a destination takes (curl's `NO_PROXY` rules: comma-separated
-//! hosts, domains that also match their subdomains, IP addresses and CIDR
-//! ranges, `*` for everything), and
-//! [`Tunnel`](hyper_util::client::legacy::connect::proxy::Tunnel) speaks
-//! `CONNECT`. SOCKS proxies are not supported.
-//!
-//! A proxy that cannot be reached or that refuses the tunnel fails the
-//! attempt with a connect error ([`Error::is_connect`](crate::Error::is_connect)),
-//! whose source chain holds a [`ProxyError`]. The request never reached the
-//! origin, so the retry policy may try again, as for any connect error.
+//! `ALL_PROXY` and `NO_PROXY` from the environment. The user-facing
+//! account is on [`Proxy`].
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -63,7 +35,9 @@ enum Scope {
     Https,
 }
 
-/// A proxy to send requests through, for [`ClientBuilder::proxy`].
+/// A proxy to send requests through, for [`ClientBuilder::proxy`]; without
+/// one, the client reads `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and
+/// `NO_PROXY` (see [`ClientBuilder::proxy_from_env`]).
 ///
 /// Its URL is `http://host:port` (or `https://` for a proxy reached over
 /// TLS; a URL without a scheme means `http://`). Credentials come from the
@@ -71,6 +45,42 @@ enum Scope {
 /// [`basic_auth`](Self::basic_auth), and are sent as a sensitive
 /// `Proxy-Authorization: Basic` header to the proxy only. `Debug` never
 /// shows them.
+///
+/// # Where it sits
+///
+/// Below every layer, in the connector of the hyper-util client. The
+/// layers see the request as the caller made it (its URL is the origin's,
+/// never the proxy's), so retries, the deadline, the throttle and the
+/// per-host limits all work per origin; only the connection goes through
+/// the proxy.
+///
+/// - A destination the rules leave out (no proxy for its scheme, or a
+///   [`no_proxy`](ClientBuilder::no_proxy) / `NO_PROXY` match) is
+///   connected to directly. A client with no proxy at all uses the same
+///   connector as one built without proxy support.
+/// - An `http://` destination is sent to the proxy in absolute form
+///   (`GET http://host/path HTTP/1.1`), with `Proxy-Authorization` when the
+///   proxy has credentials.
+/// - An `https://` destination goes through a `CONNECT host:port` tunnel
+///   (with `Proxy-Authorization` on the `CONNECT` only), then TLS to the
+///   origin inside the tunnel: the proxy sees neither the request nor the
+///   credentials meant for the origin.
+///
+/// The rules are hyper-util's:
+/// [`Matcher`](hyper_util::client::proxy::matcher::Matcher) decides which
+/// proxy a destination takes (curl's `NO_PROXY` rules), and
+/// [`Tunnel`](hyper_util::client::legacy::connect::proxy::Tunnel) speaks
+/// `CONNECT`. SOCKS proxies are not supported.
+///
+/// # Errors on the way
+///
+/// A proxy that cannot be reached or that refuses the tunnel (a `407` or
+/// `403` to the `CONNECT`) fails the attempt with a connect error
+/// ([`Error::is_connect`](crate::Error::is_connect)) whose source chain
+/// holds a [`ProxyError`]. The request never reached the origin, so the
+/// retry policy sends it again, whatever its method, up to its attempts,
+/// as for any connect error. A proxy that accepts the `CONNECT` and then
+/// stalls is bounded by the attempt timeout, as a TLS handshake is.
 ///
 /// ```
 /// let proxy = parapet::Proxy::all("http://proxy.internal:3128")

@@ -303,8 +303,11 @@ impl ClientBuilder {
     /// `http://` connections (h2c, for gRPC-style and internal services
     /// that serve HTTP/2 without TLS) and on TLS ones (ALPN then offers
     /// only `h2`). A server that only speaks HTTP/1.1 then fails the
-    /// attempt with a typed error. Default: off (HTTP/2 only where TLS
-    /// negotiates it by ALPN; plain `http://` uses HTTP/1.1).
+    /// attempt with a typed error. Through an HTTP proxy, `http://`
+    /// requests then go to the proxy itself in HTTP/2, which few proxies
+    /// accept; `https://` ones are unaffected (the tunnel's `CONNECT` is
+    /// HTTP/1.1, the origin inside it speaks HTTP/2). Default: off (HTTP/2
+    /// only where TLS negotiates it by ALPN; plain `http://` uses HTTP/1.1).
     ///
     /// ```
     /// let client = parapet::Client::builder()

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use parapet::{Certificate, Client, Proxy, ProxyError};
 use parapet_testkit::{Reply, Server};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -126,13 +126,35 @@ struct TestProxy {
 
 impl TestProxy {
     async fn start(mode: Mode) -> Self {
+        Self::start_with(mode, None).await
+    }
+
+    /// A proxy spoken to over TLS (an `https://` proxy URL).
+    async fn start_tls(mode: Mode, acceptor: TlsAcceptor) -> Self {
+        Self::start_with(mode, Some(acceptor)).await
+    }
+
+    async fn start_with(mode: Mode, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&seen);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(serve_client(client, mode, Arc::clone(&record)));
+                let record = Arc::clone(&record);
+                match &tls {
+                    None => {
+                        tokio::spawn(serve_client(client, mode, record));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(client) = acceptor.accept(client).await {
+                                serve_client(client, mode, record).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Self { port, seen }
@@ -168,7 +190,10 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-async fn serve_client(mut client: TcpStream, mode: Mode, record: Arc<Mutex<Vec<Seen>>>) {
+async fn serve_client<S>(mut client: S, mode: Mode, record: Arc<Mutex<Vec<Seen>>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // One request after another on the client's connection (keep-alive).
     while let Some(head) = read_head(&mut client).await {
         let line = head.lines().next().unwrap_or_default().to_owned();
@@ -236,6 +261,47 @@ async fn serve_client(mut client: TcpStream, mode: Mode, record: Arc<Mutex<Vec<S
 // A TLS origin
 // ---------------------------------------------------------------------------
 
+/// A CA made in the test, and servers' certificates for 127.0.0.1.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    fn root(&self) -> Certificate {
+        Certificate::from_pem(self.cert.pem().as_bytes()).unwrap()
+    }
+
+    /// A TLS acceptor for 127.0.0.1 speaking HTTP/1.1.
+    fn acceptor(&self) -> TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(config))
+    }
+}
+
 struct TlsOrigin {
     port: u16,
     root: Certificate,
@@ -244,27 +310,11 @@ struct TlsOrigin {
 }
 
 async fn tls_origin() -> TlsOrigin {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    tls_origin_of(&TestCa::new()).await
+}
+
+async fn tls_origin_of(ca: &TestCa) -> TlsOrigin {
+    let acceptor = ca.acceptor();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let heads = Arc::new(Mutex::new(Vec::new()));
@@ -288,7 +338,7 @@ async fn tls_origin() -> TlsOrigin {
     });
     TlsOrigin {
         port,
-        root: Certificate::from_pem(ca.pem().as_bytes()).unwrap(),
+        root: ca.root(),
         heads,
     }
 }
@@ -412,6 +462,52 @@ async fn https_is_tunnelled_with_connect_and_the_proxy_sees_only_host_and_port()
         assert!(head.starts_with("GET /private/path HTTP/1.1\r\n"), "{head}");
         assert!(header(head, "proxy-authorization").is_none(), "{head}");
     }
+    drop(logs);
+}
+
+#[tokio::test]
+async fn an_https_proxy_is_reached_over_tls_and_tunnels_both_schemes() {
+    let logs = capture();
+    let ca = TestCa::new();
+    let tls_origin = tls_origin_of(&ca).await;
+    let origin = Server::start().await;
+    origin.on("/plain").reply(Reply::ok().body("plain"));
+    let proxy = TestProxy::start_tls(Mode::Forward, ca.acceptor()).await;
+    let client = Client::builder()
+        .webpki_roots(false)
+        .add_root_certificate(ca.root())
+        .proxy(with_credentials(
+            Proxy::all(format!("https://127.0.0.1:{}", proxy.port)).unwrap(),
+        ))
+        .build()
+        .unwrap();
+
+    // TLS to the origin inside TLS to the proxy.
+    let resp = client
+        .get(&format!("https://127.0.0.1:{}/in-tunnel", tls_origin.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "secure");
+    // Plain http to the origin, absolute form over TLS to the proxy.
+    let resp = client.get(&origin.url("/plain")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "plain");
+
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[0].line,
+        format!("CONNECT 127.0.0.1:{} HTTP/1.1", tls_origin.port)
+    );
+    assert_eq!(
+        seen[1].line,
+        format!("GET {} HTTP/1.1", origin.url("/plain"))
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.proxy_authorization == Some(proxy_authorization()))
+    );
+    assert_eq!(tls_origin.heads.lock().unwrap().len(), 1);
     drop(logs);
 }
 
