@@ -145,7 +145,7 @@ impl Proxy {
     }
 
     fn new(scope: Scope, url: &str) -> Result<Self, InvalidConfig> {
-        let uri = parse_proxy_url(url, "proxy URL")?;
+        let uri = parse_proxy_url(url, "the URL given to Proxy")?;
         Ok(Self {
             scope,
             uri,
