@@ -53,6 +53,8 @@ pub(crate) enum Kind {
     RateLimited,
     /// Credentials could not be obtained.
     Auth,
+    /// A redirect was refused (too many, a loop, https to http).
+    Redirect,
     /// Reading the response body failed.
     Body,
     /// The response body did not decode.
@@ -140,6 +142,16 @@ impl Error {
         self.inner.kind == Kind::Auth
     }
 
+    /// A redirect was refused: too many hops
+    /// ([`TooManyRedirects`](crate::TooManyRedirects)), a loop
+    /// ([`RedirectLoop`](crate::RedirectLoop)), or `https` to `http`
+    /// ([`InsecureRedirect`](crate::InsecureRedirect)); the
+    /// [`source`](std::error::Error::source) is that error. Never retried.
+    #[must_use]
+    pub fn is_redirect(&self) -> bool {
+        self.inner.kind == Kind::Redirect
+    }
+
     /// The request could not be built from what the caller gave.
     #[must_use]
     pub fn is_request(&self) -> bool {
@@ -168,7 +180,7 @@ impl Error {
                 .inner
                 .status
                 .is_some_and(|s| matches!(s.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)),
-            Kind::Request | Kind::Auth | Kind::Body | Kind::Decode => false,
+            Kind::Request | Kind::Auth | Kind::Body | Kind::Decode | Kind::Redirect => false,
         }
     }
 
@@ -235,6 +247,7 @@ impl fmt::Display for Error {
             },
             Kind::RateLimited => f.write_str("rate limited")?,
             Kind::Auth => f.write_str("could not obtain credentials")?,
+            Kind::Redirect => f.write_str("redirect refused")?,
             Kind::Body => f.write_str("reading the response body failed")?,
             Kind::Decode => f.write_str("response body did not decode")?,
             Kind::Transport => f.write_str("transport error")?,

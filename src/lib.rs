@@ -28,14 +28,16 @@
 //! # The stack
 //!
 //! Outermost first: request id and call span → deadline (30 s) → retry (3
-//! attempts, idempotent requests only, `Retry-After` obeyed) and attempt
-//! spans → auth (none unless set) → throttle (server-told limits, per host)
-//! → rate limit (off unless set) → concurrency limit (off unless set) →
-//! attempt timeout (10 s, shortened to the deadline) → hyper-util with
-//! rustls (connect timeout 5 s, pool idle 30 s). Each layer crate's docs say
-//! why it sits where it does; the layers are re-exported as [`core`],
-//! [`timeout`], [`retry`], [`ratelimit`], [`auth`] and [`trace`] for hand-built
-//! stacks.
+//! attempts, idempotent requests only, `Retry-After` obeyed) → redirects
+//! (up to 10, [`RedirectPolicy`]) and attempt spans → auth (none unless
+//! set; skipped on a redirect to another origin) → throttle (server-told
+//! limits, per host) → rate limit (off unless set) → concurrency limit (off
+//! unless set) → attempt timeout (10 s, shortened to the deadline) →
+//! decompression (gzip by default, [`ClientBuilder::decompress`]) →
+//! hyper-util with rustls (connect timeout 5 s, pool idle 30 s). Each layer
+//! crate's docs say why it sits where it does; the layers are re-exported
+//! as [`core`], [`timeout`], [`retry`], [`ratelimit`], [`auth`] and
+//! [`trace`] for hand-built stacks.
 //!
 //! # Choices made here
 //!
@@ -54,9 +56,11 @@ mod body;
 mod builder;
 mod classify;
 mod client;
+mod decompress;
 mod error;
 mod optional;
 mod proxy;
+mod redirect;
 mod response;
 mod stack;
 mod transport;
@@ -66,6 +70,10 @@ pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
 pub use client::{Client, RequestBuilder, ResponseFuture, UnsupportedScheme};
 pub use error::{Error, InvalidConfig};
 pub use proxy::{Proxy, ProxyError};
+pub use redirect::{
+    InsecureRedirect, NotFollowedReason, RedirectLoop, RedirectNotFollowed, RedirectPolicy,
+    TooManyRedirects,
+};
 pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
 pub use transport::{Certificate, Identity};
 

@@ -1,8 +1,9 @@
 //! The layers of the recommended stack, in DESIGN.md's order:
 //!
 //! ```text
-//! request id → trace (call span) → deadline → retry → trace (attempt span)
-//!   → auth → throttle → rate limit → concurrency limit → attempt timeout → transport
+//! request id → trace (call span) → deadline → retry → redirect → trace (attempt span)
+//!   → auth → throttle → rate limit → concurrency limit → attempt timeout
+//!   → decompression → transport
 //! ```
 //!
 //! Auth sits above the throttle and the rate limit (DESIGN.md had it below
@@ -11,6 +12,13 @@
 //! Below them, the re-send went out 70 µs after the refused request with a
 //! quota of 1/s. The token fetch still happens before a concurrency slot
 //! is taken.
+//!
+//! Redirects sit below retry and above the attempt span (each hop is an
+//! attempt of its own, gated, limited and timed like any request that
+//! leaves); auth is skipped on a hop to another origin. Decompression is
+//! innermost, so every layer sees decoded bodies and every request that
+//! leaves offers the encodings. `src/redirect.rs` and `src/decompress.rs`
+//! say why in full.
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -32,6 +40,10 @@ use crate::body::Body;
 use crate::client::Stack;
 use crate::error::{InvalidConfig, Kind};
 use crate::optional::Optional;
+use crate::redirect::{
+    InsecureRedirect, OriginAuthLayer, RedirectLayer, RedirectLoop, RedirectPolicy,
+    TooManyRedirects,
+};
 
 /// The longest the facade's throttle keeps a host's gate closed on one
 /// server signal: 5 minutes (Envoy ignores `Retry-After` above 300 s). A
@@ -72,6 +84,8 @@ pub(crate) struct LayerConfig {
     pub(crate) auth: Option<AuthLayer>,
     pub(crate) request_id: Option<RequestIdLayer>,
     pub(crate) tracing: bool,
+    pub(crate) redirect: RedirectPolicy,
+    pub(crate) decompress: bool,
 }
 
 impl Default for LayerConfig {
@@ -91,6 +105,8 @@ impl Default for LayerConfig {
             auth: None,
             request_id: Some(RequestIdLayer::new()),
             tracing: true,
+            redirect: RedirectPolicy::default(),
+            decompress: crate::decompress::COMPILED_IN,
         }
     }
 }
@@ -106,6 +122,9 @@ impl Default for LayerConfig {
 /// - A token fetch that failed for good (rejected credentials, a malformed
 ///   answer): sending again cannot help. Returned. A transient token
 ///   failure is retried like any transport error.
+/// - A redirect refused ([`TooManyRedirects`], [`RedirectLoop`],
+///   [`InsecureRedirect`]): the server would send the same one again.
+///   Returned.
 /// - Everything else: the retry crate's defaults.
 ///
 /// Use it in a policy of your own with
@@ -121,6 +140,7 @@ pub fn retry_classifier(outcome: &Outcome<'_>) -> Verdict {
             || e.is::<Throttled>()
             || e.is::<ConcurrencyLimited>()
             || e.is::<DeadlineExceeded>()
+            || is_redirect_error(e)
         {
             return Verdict::Return;
         }
@@ -159,6 +179,9 @@ fn error_type(e: &(dyn StdError + 'static)) -> &'static str {
         }
         if e.is::<TokenError>() {
             return "auth";
+        }
+        if is_redirect_error(e) {
+            return "redirect";
         }
         if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             if h.is_connect() {
@@ -232,6 +255,7 @@ impl LayerConfig {
         B::Error: Into<BoxError>,
     {
         self.check()?;
+        let transport = crate::decompress::transport(transport);
         let retry = self.retry_layer()?;
         let attempt_timeout = self
             .attempt_timeout
@@ -246,6 +270,10 @@ impl LayerConfig {
         let attempt_trace = self
             .tracing
             .then(|| AttemptTraceLayer::new().error_type(error_type));
+        let redirect = RedirectLayer::new(self.redirect);
+        // Skipped on a redirect hop to another origin.
+        let auth = self.auth.clone().map(OriginAuthLayer);
+        let decompress = crate::decompress::layer(self.decompress);
         if let (
             Some(request_id),
             Some(trace),
@@ -273,22 +301,25 @@ impl LayerConfig {
                 .layer(trace.clone())
                 .layer(DeadlineLayer::new(deadline))
                 .layer(retry.clone())
+                .layer(redirect)
                 .layer(attempt_trace.clone());
             if self.rate_limit.is_none() && self.auth.is_none() && self.concurrency_limit.is_none()
             {
                 let svc = default_layers
                     .layer(throttle.clone())
                     .layer(*attempt_timeout)
+                    .layer(decompress)
                     .service(transport);
                 let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
                 return Ok(Stack::new(svc));
             }
             let svc = default_layers
-                .layer(Optional(self.auth.clone()))
+                .layer(Optional(auth))
                 .layer(throttle.clone())
                 .layer(Optional(self.rate_limit.clone()))
                 .layer(Optional(self.concurrency_limit.clone()))
                 .layer(*attempt_timeout)
+                .layer(decompress)
                 .service(transport);
             let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
             return Ok(Stack::new(svc));
@@ -298,12 +329,14 @@ impl LayerConfig {
             .layer(Optional(trace))
             .layer(Optional(self.deadline.map(DeadlineLayer::new)))
             .layer(Optional(retry))
+            .layer(redirect)
             .layer(Optional(attempt_trace))
-            .layer(Optional(self.auth.clone()))
+            .layer(Optional(auth))
             .layer(Optional(self.throttle.clone()))
             .layer(Optional(self.rate_limit.clone()))
             .layer(Optional(self.concurrency_limit.clone()))
             .layer(Optional(attempt_timeout))
+            .layer(decompress)
             .service(transport);
         let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
         Ok(Stack::new(svc))
@@ -336,5 +369,13 @@ pub(crate) fn layer_kind(e: &(dyn StdError + 'static)) -> Option<(Kind, Option<D
     if e.is::<TokenError>() {
         return Some((Kind::Auth, None));
     }
+    if is_redirect_error(e) {
+        return Some((Kind::Redirect, None));
+    }
     None
+}
+
+/// Whether `e` is one of the redirect layer's errors.
+fn is_redirect_error(e: &(dyn StdError + 'static)) -> bool {
+    e.is::<TooManyRedirects>() || e.is::<RedirectLoop>() || e.is::<InsecureRedirect>()
 }
