@@ -91,7 +91,10 @@ use crate::client::RequestBuilder;
 /// tower-http's future keeps a copy of the request head (method, URI,
 /// headers, extensions) for the next hop and a replay handle of the body,
 /// and tags each response with the URL that answered (its `RequestUri`
-/// extension, `tower_http::follow_redirect::RequestUri`). With
+/// extension, `tower_http::follow_redirect::RequestUri`): three
+/// allocations per call (the header map's copy, the record), measured with
+/// the in-memory bench (`facade_service`, 8 → 11 allocations besides the
+/// two the decompression layer shows there). With
 /// [`RedirectPolicy::none`] none of that happens: the request goes straight
 /// through. With an auth layer, each attempt looks up one extension to know
 /// whether it left the first origin.

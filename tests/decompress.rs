@@ -262,3 +262,24 @@ async fn retries_and_redirect_hops_offer_the_encodings_too() {
             .all(|a| a.header("accept-encoding").is_some())
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_passed_through_reports_its_end_after_its_last_frame() {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+
+    let api = Server::start().await;
+    api.on("/plain").reply(Reply::ok().body("plain"));
+    let resp = client()
+        .build()
+        .unwrap()
+        .get(&api.url("/plain"))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.into_inner().into_body();
+
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "plain");
+    assert!(body.is_end_stream());
+}
