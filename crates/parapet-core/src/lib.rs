@@ -20,6 +20,9 @@
 //!   deadline layer calls and polls its inner service ([`Deadline::current`]);
 //!   and one clock read for a call's set-up ([`clock`]).
 //! - **Jitter** ([`Jitter`]): random in production, scripted in tests.
+//! - **Never sent** ([`request_never_sent`]): whether a failure proves the
+//!   request never left, so any method may be sent again; with the feature
+//!   `hyper-util`, hyper-util's own `is_connect()` decides.
 //!
 //! Time is always `tokio::time`, so tests pause and advance it.
 //!
@@ -47,6 +50,7 @@ mod extensions;
 mod hash;
 mod httpdate;
 mod idempotency;
+mod never_sent;
 mod random;
 mod replay;
 mod retry_after;
@@ -60,6 +64,7 @@ pub use idempotency::{
     IDEMPOTENCY_KEY, Idempotency, IdempotencyKey, IdempotencyRules, is_idempotent_method,
     is_safe_method,
 };
+pub use never_sent::request_never_sent;
 pub use random::{Jitter, format_uuid, random_u64};
 pub use replay::{BoxError, DEFAULT_REPLAY_CAP, ReplayBody, ReplayError};
 pub use retry_after::{parse_retry_after, retry_after};

@@ -40,9 +40,10 @@
 //!   [`Idempotency`](parapet_core::Idempotency) override; an
 //!   `Idempotency-Key` header once trusted). A failure that proves the
 //!   request never left ([`request_never_sent`]: connection refused,
-//!   connect or DNS failure) is retried for any method. Attempt timeouts
-//!   and transport errors after the request may have been written are
-//!   retried for idempotent requests only.
+//!   connect or DNS failure; not an unreachable host or network, which
+//!   Linux also reports after the request was written) is retried for any
+//!   method. Attempt timeouts and transport errors after the request may
+//!   have been written are retried for idempotent requests only.
 //! - **What counts as transient**: by default the statuses 408, 429, 500,
 //!   502, 503, 504 and every error from the inner service; configurable by
 //!   a status list ([`RetryPolicyBuilder::retry_on`]) and a classifier
@@ -189,9 +190,10 @@
 //!
 //! # Features
 //!
-//! - `hyper-util` (off by default; the `parapet` facade turns it on): also
-//!   recognise `hyper_util::client::legacy::Error::is_connect()` as "the
-//!   request never left"; see [`request_never_sent`].
+//! - `hyper-util` (off by default; the `parapet` facade turns it on): turns
+//!   on parapet-core's feature of the same name, so that a
+//!   `hyper_util::client::legacy::Error` decides by its `is_connect()`
+//!   whether "the request never left"; see [`request_never_sent`].
 
 mod backoff;
 mod budget;
@@ -206,8 +208,8 @@ pub use backoff::BackoffJitter;
 pub use budget::RetryBudget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
-pub use never_sent::request_never_sent;
 pub use not_retried::{NotRetried, NotRetriedReason};
+pub use parapet_core::request_never_sent;
 pub use policy::{
     DEFAULT_RETRY_STATUSES, InvalidRetryPolicy, Outcome, RetryPolicy, RetryPolicyBuilder, Verdict,
 };
