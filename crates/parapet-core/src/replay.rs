@@ -4,7 +4,7 @@ use std::any::Any;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
@@ -37,6 +37,37 @@ pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 /// be taken before the first attempt has read the whole body (a connection
 /// that failed mid-upload): it replays what was recorded, then reads on from
 /// the original stream.
+///
+/// # Several handles at once
+///
+/// The original and its replays (the *handles*) may be sent at the same
+/// time: hyper may still be writing attempt 1's body after an early 401 or
+/// 503 while the re-send starts. What is guaranteed then:
+///
+/// - **No lost wake-ups.** Every handle waiting for the original stream is
+///   woken when it yields a frame, ends or fails, whichever handle read it
+///   (the stream is polled with a waker that wakes them all, so a source
+///   that keeps only its last waker, as channels and hyper's `Incoming`
+///   do, cannot strand a handle).
+/// - **A replay that was handed out is not cut short by an older handle.**
+///   The newest handle, by when it was handed out while the original was
+///   being read (a [`try_replay`](Self::try_replay) at that moment) or when
+///   it first read the original itself, has priority: a handle that began
+///   reading earlier may still take what was recorded, but where it would
+///   read on from the original stream it ends with a
+///   [`ReplayError::is_superseded`] error instead (its attempt is over; the
+///   client drops that connection). So the recording cannot pass the cap
+///   behind the back of a replay taken before it did, and a `try_replay`
+///   that succeeded stays good until that replay reads the rest itself.
+///   A handle that was taken before anything was read (a keeper, as the
+///   retry layer holds one) claims nothing until it reads.
+/// - A replay that is impossible (the cap was passed, the stream failed) is
+///   refused by `try_replay` with a typed [`ReplayError`], before anything
+///   is sent again; a handle that lags behind a recording dropped at the
+///   cap fails loudly rather than send a truncated body.
+///
+/// Bodies in memory have one copy of their bytes and no shared state: none
+/// of this costs them anything.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -76,6 +107,11 @@ enum Kind {
 
 struct Handle {
     state: Arc<Mutex<State>>,
+    wakers: Arc<Wakers>,
+    /// This handle's place in `State::claims` and in `wakers`.
+    slot: usize,
+    /// The epoch at which this handle first read from the original stream.
+    read_since: Option<u64>,
     /// Data frames this handle has yielded.
     pos: usize,
     trailers_sent: bool,
@@ -93,6 +129,119 @@ struct State {
     failed: bool,
     ended: bool,
     trailers: Option<HeaderMap>,
+    /// Whether any handle has polled the original stream.
+    pulled: bool,
+    /// Counts claims (see `claims`), from 1.
+    epoch: u64,
+    /// Per slot: `None` when free, else the live handle's claim: the epoch
+    /// at which it was handed out while the stream was being read, or at
+    /// which it first read the stream itself, whichever is later; 0 for
+    /// none. A handle that read the stream since epoch `e` may read on from
+    /// it only while no other live handle claims a later epoch.
+    claims: Vec<Option<u64>>,
+}
+
+impl State {
+    /// A slot for a new handle with this claim.
+    fn join(&mut self, claim: u64) -> usize {
+        if let Some(i) = self.claims.iter().position(Option::is_none) {
+            if let Some(slot) = self.claims.get_mut(i) {
+                *slot = Some(claim);
+            }
+            return i;
+        }
+        self.claims.push(Some(claim));
+        self.claims.len() - 1
+    }
+
+    /// The newest claim of the live handles other than `slot`.
+    fn newest_claim_but(&self, slot: usize) -> u64 {
+        self.claims
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != slot)
+            .filter_map(|(_, c)| *c)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn next_epoch(&mut self) -> u64 {
+        self.epoch = self.epoch.saturating_add(1);
+        self.epoch
+    }
+
+    /// Why a replay cannot be taken now, if it cannot.
+    fn replay_error(&self) -> Option<ReplayError> {
+        if self.overflowed {
+            return Some(ReplayError(ReplayErrorKind::TooLarge { cap: self.cap }));
+        }
+        if self.failed {
+            return Some(ReplayError(ReplayErrorKind::Failed));
+        }
+        None
+    }
+}
+
+/// The wakers of the handles waiting for the original stream, by slot.
+///
+/// The stream itself is polled with a waker made of this (see its `Wake`),
+/// so whichever waker it keeps wakes every waiting handle. It is its own
+/// allocation, apart from `State`: a stream that keeps the waker then holds
+/// no reference to itself.
+struct Wakers(Mutex<Vec<Option<Waker>>>);
+
+impl Wakers {
+    /// Records that the handle in `slot` waits, woken by `waker`.
+    fn register(&self, slot: usize, waker: &Waker) {
+        let mut all = lock(&self.0);
+        if all.len() <= slot {
+            all.resize_with(slot + 1, || None);
+        }
+        if let Some(entry) = all.get_mut(slot) {
+            match entry {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *entry = Some(waker.clone()),
+            }
+        }
+    }
+
+    /// Forgets the waker of `slot` (returned, to be dropped unlocked).
+    fn take(&self, slot: usize) -> Option<Waker> {
+        lock(&self.0).get_mut(slot).and_then(Option::take)
+    }
+
+    /// Wakes every waiting handle but `except` (whose waker is forgotten).
+    fn wake_all(&self, except: Option<usize>) {
+        // NOTE: one slot at a time and outside the lock: waking may drop
+        // the last reference to a task, and with it a handle, whose `Drop`
+        // takes this lock.
+        let mut i = 0;
+        loop {
+            let waker = {
+                let mut all = lock(&self.0);
+                let Some(entry) = all.get_mut(i) else {
+                    break;
+                };
+                entry.take()
+            };
+            if let Some(waker) = waker {
+                if Some(i) != except {
+                    waker.wake();
+                }
+            }
+            i += 1;
+        }
+    }
+}
+
+impl Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_all(None);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_all(None);
+    }
 }
 
 impl ReplayBody {
@@ -131,7 +280,13 @@ impl ReplayBody {
                     failed: false,
                     ended: false,
                     trailers: None,
+                    pulled: false,
+                    epoch: 0,
+                    claims: vec![Some(0)],
                 })),
+                wakers: Arc::new(Wakers(Mutex::new(Vec::new()))),
+                slot: 0,
+                read_since: None,
                 pos: 0,
                 trailers_sent: false,
                 done: false,
@@ -158,6 +313,14 @@ impl ReplayBody {
 
     /// A body that yields the same frames again from the start.
     ///
+    /// Taken while another handle is reading the original stream, the
+    /// replay has priority over the handles that began reading before: they
+    /// no longer read on from the stream (see the type's docs), so the
+    /// recording this check relied on is not dropped before the replay has
+    /// read it. A replay that succeeds here yields the whole body unless
+    /// the original stream fails, or a handle that begins reading later
+    /// (a newer attempt) passes the cap first.
+    ///
     /// # Errors
     ///
     /// When the recording was dropped because the body passed its cap, or the
@@ -169,17 +332,26 @@ impl ReplayBody {
                 kind: Kind::Full(Some(all.clone()), all.clone()),
             }),
             Kind::Shared(h) => {
-                let state = lock(&h.state);
-                if state.overflowed {
-                    return Err(ReplayError(ReplayErrorKind::TooLarge { cap: state.cap }));
+                let mut state = lock(&h.state);
+                if let Some(e) = state.replay_error() {
+                    return Err(e);
                 }
-                if state.failed {
-                    return Err(ReplayError(ReplayErrorKind::Failed));
-                }
+                // Handed out while the stream is being read: a claim, so
+                // that the handles reading it now stop before they could
+                // pass the cap behind this one's back.
+                let claim = if state.pulled && state.body.is_some() {
+                    state.next_epoch()
+                } else {
+                    0
+                };
+                let slot = state.join(claim);
                 drop(state);
                 Ok(Self {
                     kind: Kind::Shared(Handle {
                         state: Arc::clone(&h.state),
+                        wakers: Arc::clone(&h.wakers),
+                        slot,
+                        read_since: None,
                         pos: 0,
                         trailers_sent: false,
                         done: false,
@@ -190,14 +362,16 @@ impl ReplayBody {
     }
 
     /// Whether [`try_replay`](Self::try_replay) would succeed now.
+    ///
+    /// A snapshot: unlike a replay taken with `try_replay`, it claims
+    /// nothing, so a handle still reading the stream may pass the cap
+    /// afterwards. To be sure of a re-send, take its body with
+    /// `try_replay` when deciding on it.
     #[must_use]
     pub fn can_replay(&self) -> bool {
         match &self.kind {
             Kind::Empty | Kind::Full(..) => true,
-            Kind::Shared(h) => {
-                let state = lock(&h.state);
-                !state.overflowed && !state.failed
-            }
+            Kind::Shared(h) => lock(&h.state).replay_error().is_none(),
         }
     }
 }
@@ -242,10 +416,19 @@ where
     }
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere while the lock was held leaves the state consistent
     // (every update is a single assignment), so poisoning is ignored.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        drop(self.wakers.take(self.slot));
+        if let Some(claim) = lock(&self.state).claims.get_mut(self.slot) {
+            *claim = None;
+        }
+    }
 }
 
 impl Handle {
@@ -253,6 +436,23 @@ impl Handle {
         if self.done {
             return Poll::Ready(None);
         }
+        let mut read = false;
+        let polled = self.poll_shared(cx, &mut read);
+        if read && polled.is_ready() {
+            // A frame, the end or an error from the stream: the handles
+            // waiting for it may now go on (from the recording, or to their
+            // end).
+            self.wakers.wake_all(Some(self.slot));
+        }
+        polled
+    }
+
+    /// Sets `read` when it polled the original stream.
+    fn poll_shared(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: &mut bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut state = lock(&self.state);
         let state = &mut *state;
         if self.pos < state.produced {
@@ -280,11 +480,40 @@ impl Handle {
             self.done = true;
             return Poll::Ready(Some(Err(ReplayError(ReplayErrorKind::Failed).into())));
         }
+        if state.body.is_none() {
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        let since = match self.read_since {
+            Some(since) => since,
+            None => {
+                // First read from the stream: a claim over the handles that
+                // read it before.
+                let since = state.next_epoch();
+                self.read_since = Some(since);
+                if let Some(claim) = state.claims.get_mut(self.slot) {
+                    *claim = Some(since);
+                }
+                since
+            }
+        };
+        if state.newest_claim_but(self.slot) > since {
+            // A newer handle has priority: reading on could pass the cap
+            // behind its back.
+            self.done = true;
+            return Poll::Ready(Some(Err(ReplayError(ReplayErrorKind::Superseded).into())));
+        }
         let Some(body) = state.body.as_mut() else {
             self.done = true;
             return Poll::Ready(None);
         };
-        match Pin::new(body).poll_frame(cx) {
+        state.pulled = true;
+        *read = true;
+        // NOTE: registered before the poll, so a frame that arrives between
+        // the stream's `Pending` and here still finds this handle's waker.
+        self.wakers.register(self.slot, cx.waker());
+        let all = Waker::from(Arc::clone(&self.wakers));
+        match Pin::new(body).poll_frame(&mut Context::from_waker(&all)) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 state.body = None;
@@ -430,7 +659,7 @@ impl fmt::Debug for ReplayBody {
                 f.debug_struct("ReplayBody::Streamed")
                     .field("recorded", &state.recorded)
                     .field("cap", &state.cap)
-                    .field("replayable", &(!state.overflowed && !state.failed))
+                    .field("replayable", &state.replay_error().is_none())
                     .finish()
             }
         }
@@ -445,6 +674,7 @@ pub struct ReplayError(ReplayErrorKind);
 enum ReplayErrorKind {
     TooLarge { cap: usize },
     Failed,
+    Superseded,
 }
 
 impl ReplayError {
@@ -460,12 +690,20 @@ impl ReplayError {
         matches!(self.0, ReplayErrorKind::Failed)
     }
 
+    /// A newer replay of the body has priority, so this handle (an older
+    /// attempt's body) stopped where it would have read on from the
+    /// original stream. Seen only as a body error of that older attempt.
+    #[must_use]
+    pub fn is_superseded(&self) -> bool {
+        matches!(self.0, ReplayErrorKind::Superseded)
+    }
+
     /// The cap that was passed, for [`is_too_large`](Self::is_too_large).
     #[must_use]
     pub fn cap(&self) -> Option<usize> {
         match self.0 {
             ReplayErrorKind::TooLarge { cap } => Some(cap),
-            ReplayErrorKind::Failed => None,
+            ReplayErrorKind::Failed | ReplayErrorKind::Superseded => None,
         }
     }
 }
@@ -481,6 +719,9 @@ impl fmt::Display for ReplayError {
             }
             ReplayErrorKind::Failed => {
                 f.write_str("request body stream failed, so it cannot be replayed")
+            }
+            ReplayErrorKind::Superseded => {
+                f.write_str("request body was superseded by a newer replay of it")
             }
         }
     }
@@ -708,6 +949,250 @@ mod tests {
             }
         }
         Iter(v.into_iter())
+    }
+
+    /// A source like a channel or hyper's `Incoming`: it keeps only the
+    /// waker of its last poll.
+    #[derive(Clone, Default)]
+    struct LastWaker(Arc<Mutex<Chan>>);
+
+    #[derive(Default)]
+    struct Chan {
+        queue: VecDeque<Bytes>,
+        closed: bool,
+        waker: Option<Waker>,
+        dropped: bool,
+    }
+
+    impl LastWaker {
+        fn send(&self, data: &'static str) {
+            let mut chan = self.0.lock().unwrap();
+            chan.queue.push_back(Bytes::from_static(data.as_bytes()));
+            if let Some(w) = chan.waker.take() {
+                w.wake();
+            }
+        }
+        fn close(&self) {
+            let mut chan = self.0.lock().unwrap();
+            chan.closed = true;
+            if let Some(w) = chan.waker.take() {
+                w.wake();
+            }
+        }
+        fn dropped(&self) -> bool {
+            self.0.lock().unwrap().dropped
+        }
+    }
+
+    /// The receiving end, given to the `ReplayBody`.
+    struct Receiver(LastWaker);
+
+    impl Drop for Receiver {
+        fn drop(&mut self) {
+            (self.0).0.lock().unwrap().dropped = true;
+        }
+    }
+
+    impl Body for Receiver {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let mut chan = (self.0).0.lock().unwrap();
+            if let Some(data) = chan.queue.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if chan.closed {
+                return Poll::Ready(None);
+            }
+            chan.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Counter {
+        fn woken(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn poll(body: &mut ReplayBody, waker: &Arc<Counter>) -> Poll<Option<Result<Bytes, String>>> {
+        let waker = Waker::from(Arc::clone(waker));
+        Pin::new(body)
+            .poll_frame(&mut Context::from_waker(&waker))
+            .map(|f| {
+                f.map(|r| {
+                    r.map(|f| f.into_data().unwrap_or_default())
+                        .map_err(|e| e.to_string())
+                })
+            })
+    }
+
+    fn data(d: &'static str) -> Poll<Option<Result<Bytes, String>>> {
+        Poll::Ready(Some(Ok(Bytes::from_static(d.as_bytes()))))
+    }
+
+    #[test]
+    fn every_waiting_handle_is_woken_by_a_frame_from_a_source_that_keeps_one_waker() {
+        let tx = LastWaker::default();
+        let mut first = ReplayBody::new(Receiver(tx.clone()), 1024);
+        let mut second = first.try_replay().unwrap();
+        let (a, b) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+        assert!(poll(&mut first, &a).is_pending());
+        assert!(poll(&mut second, &b).is_pending());
+
+        tx.send("frame");
+
+        assert!(a.woken() > 0, "the first handle was never woken");
+        assert!(b.woken() > 0, "the second handle was never woken");
+        assert_eq!(poll(&mut second, &b), data("frame"));
+        assert_eq!(poll(&mut first, &a), data("frame"));
+    }
+
+    #[test]
+    fn a_waiting_handle_is_woken_after_the_last_poller_was_dropped() {
+        let tx = LastWaker::default();
+        let mut first = ReplayBody::new(Receiver(tx.clone()), 1024);
+        let mut second = first.try_replay().unwrap();
+        let (a, b) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+        assert!(poll(&mut first, &a).is_pending());
+        assert!(poll(&mut second, &b).is_pending());
+        drop(second); // the re-send was abandoned
+
+        tx.send("frame");
+
+        assert!(a.woken() > 0, "the remaining handle was never woken");
+        assert_eq!(poll(&mut first, &a), data("frame"));
+        tx.close();
+        assert_eq!(poll(&mut first, &a), Poll::Ready(None));
+    }
+
+    #[test]
+    fn the_end_and_errors_of_the_source_wake_every_waiting_handle() {
+        let tx = LastWaker::default();
+        let mut first = ReplayBody::new(Receiver(tx.clone()), 1024);
+        let mut second = first.try_replay().unwrap();
+        let mut third = first.try_replay().unwrap();
+        let counters: Vec<_> = (0..3).map(|_| Arc::new(Counter::default())).collect();
+        assert!(poll(&mut first, &counters[0]).is_pending());
+        assert!(poll(&mut second, &counters[1]).is_pending());
+        assert!(poll(&mut third, &counters[2]).is_pending());
+
+        tx.close();
+
+        for (i, c) in counters.iter().enumerate() {
+            assert!(c.woken() > 0, "handle {i} was never woken");
+        }
+        assert_eq!(poll(&mut third, &counters[2]), Poll::Ready(None));
+        // The others see the end without reading the stream again.
+        assert_eq!(poll(&mut second, &counters[1]), Poll::Ready(None));
+        assert!(second.is_end_stream());
+    }
+
+    #[test]
+    fn the_source_is_dropped_with_the_last_handle_even_if_it_keeps_a_waker() {
+        let tx = LastWaker::default();
+        let mut first = ReplayBody::new(Receiver(tx.clone()), 1024);
+        let mut second = first.try_replay().unwrap();
+        let a = Arc::new(Counter::default());
+        assert!(poll(&mut first, &a).is_pending());
+        assert!(poll(&mut second, &a).is_pending());
+        drop((first, second));
+        assert!(tx.dropped(), "the shared state leaked");
+    }
+
+    #[tokio::test]
+    async fn a_replay_taken_mid_stream_is_not_cut_short_by_the_older_handle() {
+        // Length unknown, 10 bytes against a cap of 8: the older handle
+        // reading on would have dropped the recording under the replay.
+        let mut unknown = script(&["12345", "67890"], false);
+        unknown.hint = None;
+        let mut first = ReplayBody::new(unknown, 8);
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "12345"
+        );
+
+        let replay = first.try_replay().expect("5 of 8 bytes recorded");
+        // The older attempt's body (hyper still writing it after an early
+        // 401 or 503) stops instead of reading on.
+        let err = first.frame().await.unwrap().unwrap_err();
+        let err = err.downcast_ref::<ReplayError>().unwrap();
+        assert!(err.is_superseded());
+        assert_eq!(
+            err.to_string(),
+            "request body was superseded by a newer replay of it"
+        );
+        assert!(first.frame().await.is_none());
+
+        assert_eq!(data_frames(replay).await.unwrap(), ["12345", "67890"]);
+    }
+
+    #[tokio::test]
+    async fn an_older_handle_reads_what_the_replay_recorded_then_stops() {
+        let mut first = ReplayBody::new(script(&["a", "b", "c"], false), 1024);
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        let mut replay = first.try_replay().unwrap();
+        for want in ["a", "b"] {
+            assert_eq!(
+                replay.frame().await.unwrap().unwrap().into_data().unwrap(),
+                want
+            );
+        }
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "b"
+        );
+        assert!(first.frame().await.unwrap().is_err());
+        assert_eq!(
+            replay.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "c"
+        );
+        assert!(replay.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_keeper_taken_before_the_first_read_claims_nothing_until_it_reads() {
+        // The retry layer keeps such a handle for the whole call.
+        let first = ReplayBody::new(script(&["a", "b"], false), 1024);
+        let keeper = first.try_replay().unwrap();
+        assert_eq!(data_frames(first).await.unwrap(), ["a", "b"]);
+        assert_eq!(
+            data_frames(keeper.try_replay().unwrap()).await.unwrap(),
+            ["a", "b"]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_impossible_replay_is_refused_before_the_resend_starts() {
+        let mut unknown = script(&["12345", "67890"], false);
+        unknown.hint = None;
+        let mut first = ReplayBody::new(unknown, 8);
+        let keeper = first.try_replay().unwrap();
+        while first.frame().await.is_some() {}
+        assert!(!keeper.can_replay());
+        let err = keeper.try_replay().unwrap_err();
+        assert!(err.is_too_large());
+        assert!(!err.is_superseded());
+        assert_eq!(err.cap(), Some(8));
     }
 
     proptest! {
