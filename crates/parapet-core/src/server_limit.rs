@@ -58,6 +58,12 @@ pub enum LimitSource {
 /// When both header families speak, the longer wait and the smaller remaining
 /// count win. Malformed fields are ignored, never an error.
 ///
+/// The IETF fields are read within bounds, past which a field counts as
+/// malformed and is ignored (the draft has clients ignore malformed
+/// fields): at most 4096 bytes (all its lines together), 32 list members,
+/// and 32 parameters per member. Reading is linear in the field's length,
+/// so a hostile header costs a bounded, small amount of work.
+///
 /// ```
 /// use std::time::{Duration, SystemTime};
 /// use http::{HeaderMap, HeaderValue, StatusCode};
@@ -220,10 +226,24 @@ fn x_ratelimit(headers: &HeaderMap, now: SystemTime) -> Option<Window> {
     })
 }
 
+/// A field's members from all its lines; `None` when it is absent,
+/// malformed, or out of the bounds of [`sf`] (which apply to the lines
+/// together, as one field value joined by `", "`).
 fn field_items(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<sf::Item>> {
     let mut all = Vec::new();
+    let mut len = 0usize;
     for value in headers.get_all(name) {
+        if len > 0 {
+            len = len.saturating_add(2);
+        }
+        len = len.saturating_add(value.len());
+        if len > sf::MAX_FIELD_LEN {
+            return None;
+        }
         all.extend(sf::parse_list(value.as_bytes())?);
+        if all.len() > sf::MAX_MEMBERS {
+            return None;
+        }
     }
     (!all.is_empty()).then_some(all)
 }
@@ -451,6 +471,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.wait(), Some(Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn a_huge_ratelimit_field_is_ignored() {
+        // 129 KB of parameters (the review's header): ignored, not an error
+        // and not quadratic work.
+        let mut value = String::from("\"a\";r=0;t=1");
+        let mut i = 0;
+        while value.len() < 129 * 1024 {
+            value.push_str(&format!(";p{i}=1"));
+            i += 1;
+        }
+        assert_eq!(limit(200, &[("ratelimit", &value)]), None);
+        // A good X-RateLimit answer beside it still counts.
+        let l = limit(
+            429,
+            &[
+                ("ratelimit", &value),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(l.source(), Some(LimitSource::XRateLimit));
+    }
+
+    #[test]
+    fn ratelimit_fields_within_the_bounds_are_read() {
+        // 32 policies of 32 parameters each, in 4 KiB.
+        let member = |m: usize| {
+            let mut s = format!("p{m};r={m};t=5");
+            for i in 0..30 {
+                s.push_str(&format!(";x{i}"));
+            }
+            s
+        };
+        let members: Vec<_> = (0..32).map(member).collect();
+        let value = members.join(", ");
+        assert!(value.len() <= 4096, "{}", value.len());
+        let l = limit(200, &[("ratelimit", &value)]).unwrap();
+        assert_eq!(l.remaining(), Some(0));
+        assert_eq!(l.wait(), Some(Duration::from_secs(5)));
+        // One member more, here on a second line of the field: ignored.
+        let l = limit(200, &[("ratelimit", &value), ("ratelimit", "q;r=0;t=9")]);
+        assert_eq!(l, None);
+    }
+
+    #[test]
+    fn the_length_bound_covers_all_lines_of_a_field() {
+        let half = format!("\"{}\";r=1;t=1", "x".repeat(2040));
+        assert_eq!(half.len(), 2050);
+        // Two lines of 2050 bytes make one field of 4102: too long.
+        assert_eq!(
+            limit(200, &[("ratelimit", &half), ("ratelimit", &half)]),
+            None
+        );
+        assert!(limit(200, &[("ratelimit", &half)]).is_some());
     }
 
     #[test]

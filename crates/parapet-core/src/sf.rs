@@ -2,6 +2,22 @@
 //! fields need: a list of items with parameters. Inner lists are not used by
 //! those fields and make a member unreadable; any syntax error makes the whole
 //! field unreadable, as RFC 8941 requires.
+//!
+//! A field is also unreadable past fixed bounds ([`MAX_FIELD_LEN`],
+//! [`MAX_MEMBERS`], [`MAX_PARAMS`]): a server's rate-limit field is a few
+//! policies of a few parameters, and bounding it keeps the work per response
+//! small and linear in its length, whatever the server sends.
+
+/// The longest field value read, in bytes (all of a field's lines together,
+/// counting the `", "` that joins them); a longer one is malformed.
+pub(crate) const MAX_FIELD_LEN: usize = 4096;
+
+/// The most list members a field may have; more make it malformed.
+pub(crate) const MAX_MEMBERS: usize = 32;
+
+/// The most parameters a member may have (each `;`, repeated keys
+/// included); more make the field malformed.
+pub(crate) const MAX_PARAMS: usize = 32;
 
 /// A bare item of a structured field.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +56,12 @@ struct Parser<'a> {
     i: usize,
 }
 
-/// Parses a list; `None` when the field is malformed.
+/// Parses a list; `None` when the field is malformed or out of bounds.
+/// Linear in the length of `input`.
 pub(crate) fn parse_list(input: &[u8]) -> Option<Vec<Item>> {
+    if input.len() > MAX_FIELD_LEN {
+        return None;
+    }
     let mut p = Parser { b: input, i: 0 };
     p.skip_sp();
     let mut items = Vec::new();
@@ -49,6 +69,9 @@ pub(crate) fn parse_list(input: &[u8]) -> Option<Vec<Item>> {
         return Some(items);
     }
     loop {
+        if items.len() == MAX_MEMBERS {
+            return None;
+        }
         items.push(p.item()?);
         p.skip_ows();
         match p.peek() {
@@ -83,7 +106,14 @@ impl Parser<'_> {
     fn item(&mut self) -> Option<Item> {
         let value = self.bare()?;
         let mut params = Vec::new();
+        let mut count = 0;
         while self.peek() == Some(b';') {
+            // NOTE: the bound also keeps the search for a repeated key
+            // below constant work per parameter.
+            if count == MAX_PARAMS {
+                return None;
+            }
+            count += 1;
             self.i += 1;
             self.skip_sp();
             let key = self.key()?;
@@ -273,6 +303,44 @@ mod tests {
         ] {
             assert_eq!(parse_list(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    /// A list of `members` members, each with `params` parameters.
+    fn field(members: usize, params: usize) -> String {
+        let member = |m: usize| {
+            let mut s = format!("p{m}");
+            for i in 0..params {
+                s.push_str(&format!(";k{i}=1"));
+            }
+            s
+        };
+        (0..members).map(member).collect::<Vec<_>>().join(", ")
+    }
+
+    #[test]
+    fn members_are_bounded() {
+        let at = parse_list(field(MAX_MEMBERS, 1).as_bytes()).unwrap();
+        assert_eq!(at.len(), MAX_MEMBERS);
+        assert_eq!(parse_list(field(MAX_MEMBERS + 1, 1).as_bytes()), None);
+    }
+
+    #[test]
+    fn parameters_are_bounded_repeated_keys_included() {
+        let at = parse_list(field(1, MAX_PARAMS).as_bytes()).unwrap();
+        assert_eq!(at[0].params.len(), MAX_PARAMS);
+        assert_eq!(parse_list(field(1, MAX_PARAMS + 1).as_bytes()), None);
+        let repeated = format!("p{}", ";r=1".repeat(MAX_PARAMS + 1));
+        assert_eq!(parse_list(repeated.as_bytes()), None);
+    }
+
+    #[test]
+    fn field_length_is_bounded() {
+        // One member whose string fills the field to the byte.
+        let fill = |len: usize| format!("\"{}\";r=1", "x".repeat(len - 6));
+        let at = fill(MAX_FIELD_LEN);
+        assert_eq!(at.len(), MAX_FIELD_LEN);
+        assert_eq!(parse_list(at.as_bytes()).unwrap()[0].uint("r"), Some(1));
+        assert_eq!(parse_list(fill(MAX_FIELD_LEN + 1).as_bytes()), None);
     }
 
     proptest! {
