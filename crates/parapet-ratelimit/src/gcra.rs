@@ -34,7 +34,8 @@
 //! would have granted (so over any span from the limiter's start, and over
 //! any window when timers fire on time, at most `burst + rate × window`
 //! calls go); a slot is claimed only when the call is actually admitted (a
-//! dropped waiter consumes nothing); and a call goes at most [`MAX_LAG`]
+//! dropped waiter consumes nothing; waiters take slots one at a time, in the
+//! order they arrived: see `queue`); and a call goes at most [`MAX_LAG`]
 //! after its slot, so late timers bunch calls within that much and never
 //! more. Without late timers (paused time, whole-millisecond intervals) the
 //! lag stays zero and this is the plain GCRA.
@@ -109,6 +110,28 @@ impl Gcra {
         })
     }
 
+    /// Decides on the call at the head of the bucket's queue at `now`: it
+    /// waited for the schedule's next slot, so its lateness is the time
+    /// since that slot (credited as for any waiter). Returns the new state,
+    /// or the earliest instant it could go.
+    pub(crate) fn decide_turn(self, state: State, now: u64) -> Result<State, u64> {
+        let earliest = state.tat.saturating_sub(self.tau);
+        self.decide(state, now, Some(now.saturating_sub(earliest)))
+    }
+
+    /// When the call with `ahead` calls queued before it could go, if each
+    /// of those goes as soon as the schedule lets it: the schedule's
+    /// `ahead`-th next slot from `now`, or `now` itself.
+    pub(crate) fn eta(self, state: State, now: u64, ahead: usize) -> u64 {
+        let ahead = u64::try_from(ahead).unwrap_or(u64::MAX);
+        state
+            .tat
+            .max(now)
+            .saturating_add(self.t.saturating_mul(ahead))
+            .saturating_sub(self.tau)
+            .max(now)
+    }
+
     /// Whether a bucket in `state` is full at `now` (indistinguishable from a
     /// new one), so that its key can be forgotten.
     pub(crate) fn is_full(state: State, now: u64) -> bool {
@@ -127,10 +150,24 @@ pub(crate) struct AtomicState {
 
 impl AtomicState {
     pub(crate) fn check(&self, gcra: Gcra, now: u64, late: Option<u64>) -> Result<(), u64> {
+        self.update(|state| gcra.decide(state, now, late))
+    }
+
+    /// The state as it is now.
+    pub(crate) fn load(&self) -> State {
+        State {
+            tat: self.tat.load(Ordering::Acquire),
+            lag: self.lag.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Applies `decide` to the current state until it fails or its answer
+    /// is stored.
+    pub(crate) fn update(&self, decide: impl Fn(State) -> Result<State, u64>) -> Result<(), u64> {
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let lag = self.lag.load(Ordering::Relaxed);
-            let next = gcra.decide(State { tat, lag }, now, late)?;
+            let next = decide(State { tat, lag })?;
             match self
                 .tat
                 .compare_exchange_weak(tat, next.tat, Ordering::AcqRel, Ordering::Acquire)

@@ -30,7 +30,8 @@
 //! the wait would end past either, the call fails at once, without waiting
 //! first, with the layer's own error: [`RateLimited`] (with the earliest
 //! moment it could have gone), [`Throttled`] (with the time left before the
-//! gate opens) or [`ConcurrencyLimited`]. With `.reject()` a layer fails
+//! gate opens) or [`ConcurrencyLimited`]. Waiters for one rate-limit
+//! bucket go first come, first served. With `.reject()` a layer fails
 //! every call that would have to wait, for load shedding. The services
 //! return [`BoxError`](parapet_core::BoxError); downcast it to tell these
 //! apart.
@@ -102,8 +103,8 @@
 //! buckets, gates and waits. On the common path (nothing to wait for) a call
 //! through the shared rate limiter costs a clock read (none beneath a
 //! deadline layer, which holds its reading for the layers it calls: see
-//! [`parapet_core::clock`]) and one atomic compare-and-swap, and no
-//! allocation; the per-authority variants add a
+//! [`parapet_core::clock`]), an atomic load (does anyone wait?) and one
+//! atomic compare-and-swap, and no allocation; the per-authority variants add a
 //! hash-map lookup under a mutex, keyed by the request's own authority bytes
 //! (one short scan, no copy, no allocation except for an authority seen for
 //! the first time; parapet-core's `HostHasher`, `FxHash`, instead of `SipHash`, as
@@ -120,6 +121,7 @@ mod authority;
 mod concurrency;
 mod error;
 mod gcra;
+mod queue;
 mod quota;
 mod ratelimit;
 mod throttle;

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::Request;
@@ -17,6 +18,7 @@ use tower_service::Service;
 use crate::authority::{Authority, AuthorityKey, AuthorityMap, AuthorityRef, Janitor, Sweep, lock};
 use crate::error::RateLimited;
 use crate::gcra::{AtomicState, Gcra, State as BucketState, nanos};
+use crate::queue::Queue;
 use crate::quota::Quota;
 use crate::wait::WaitPolicy;
 
@@ -31,8 +33,152 @@ struct Buckets {
 }
 
 enum Kind {
-    Direct(AtomicState),
-    Keyed(Mutex<AuthorityMap<BucketState>>),
+    Direct {
+        bucket: AtomicState,
+        queue: Mutex<Queue>,
+        /// How many calls `queue` holds, read without its lock: a call
+        /// arriving while it is 0 tries the bucket straight away.
+        waiting: AtomicUsize,
+    },
+    Keyed(Mutex<AuthorityMap<Entry>>),
+}
+
+/// One authority's bucket and the calls waiting for it.
+#[derive(Debug, Default)]
+struct Entry {
+    state: BucketState,
+    queue: Queue,
+}
+
+/// What a call arriving at the limiter is told (times as instants, or as
+/// nanoseconds since the epoch inside the buckets).
+enum Arrival<T = Instant> {
+    /// A token was there: go.
+    Go,
+    /// Wait in the queue (as `id`); the turn should come at `at`.
+    Wait { id: u64, at: T },
+    /// The turn would come after the call's bound: fail, saying when.
+    Refused(T),
+}
+
+/// What a waiting call is told when it is polled.
+enum Turn<T = Instant> {
+    /// Its turn: it has left the queue and taken its token.
+    Go,
+    /// Not yet: check again at this instant (or when woken sooner).
+    At(T),
+    /// The calls ahead are late to take their turns: check again when woken,
+    /// or at this instant (to notice that its bound has passed), if any.
+    Behind(Option<T>),
+    /// Its turn would come after its bound: it has left the queue.
+    Refused(T),
+}
+
+/// A bucket's schedule, whichever way it is stored.
+trait Schedule {
+    fn state(&self) -> BucketState;
+    fn apply(
+        &mut self,
+        decide: impl Fn(BucketState) -> Result<BucketState, u64>,
+    ) -> Result<(), u64>;
+}
+
+impl Schedule for &AtomicState {
+    fn state(&self) -> BucketState {
+        self.load()
+    }
+
+    fn apply(
+        &mut self,
+        decide: impl Fn(BucketState) -> Result<BucketState, u64>,
+    ) -> Result<(), u64> {
+        self.update(decide)
+    }
+}
+
+impl Schedule for BucketState {
+    fn state(&self) -> BucketState {
+        *self
+    }
+
+    fn apply(
+        &mut self,
+        decide: impl Fn(BucketState) -> Result<BucketState, u64>,
+    ) -> Result<(), u64> {
+        *self = decide(*self)?;
+        Ok(())
+    }
+}
+
+/// The queueing rules, in nanoseconds since the epoch (`latest` is the
+/// call's bound, `u64::MAX` for none).
+///
+/// A call that arrives while others wait joins the back of the queue, even
+/// if a token is there (the head is about to take it); only the head takes
+/// tokens. So calls on one bucket go in the order they arrived, except that
+/// a call arriving at the same moment as another (on the shared bucket's
+/// lock-free path) may go first.
+impl Gcra {
+    fn arrive(
+        self,
+        bucket: &mut impl Schedule,
+        queue: &mut Queue,
+        now: u64,
+        latest: impl FnOnce() -> u64,
+    ) -> Arrival<u64> {
+        let at = if queue.is_empty() {
+            match bucket.apply(|state| self.decide(state, now, None)) {
+                Ok(()) => return Arrival::Go,
+                Err(earliest) => earliest,
+            }
+        } else {
+            self.eta(bucket.state(), now, queue.len())
+        };
+        if at > latest() {
+            return Arrival::Refused(at);
+        }
+        Arrival::Wait {
+            id: queue.push(),
+            at,
+        }
+    }
+
+    fn turn(
+        self,
+        bucket: &mut impl Schedule,
+        queue: &mut Queue,
+        id: u64,
+        now: u64,
+        latest: u64,
+        waker: &Waker,
+    ) -> (Turn<u64>, Option<Waker>) {
+        // NOTE: a waiting call is in the queue until it gets `Go` or
+        // `Refused`; were it not, it would go as the head.
+        let ahead = queue.ahead(id);
+        if ahead.unwrap_or(0) > 0 {
+            let at = self.eta(bucket.state(), now, ahead.unwrap_or(0));
+            if at > latest || now > latest {
+                // Not the head, so nobody needs waking.
+                let _ = queue.remove(id);
+                return (Turn::Refused(at), None);
+            }
+            if let Some(ahead) = ahead {
+                queue.register(ahead, waker);
+            }
+            if at > now {
+                return (Turn::At(at), None);
+            }
+            return (Turn::Behind(latest.checked_add(1)), None);
+        }
+        match bucket.apply(|state| self.decide_turn(state, now)) {
+            Ok(()) => (Turn::Go, queue.remove(id)),
+            Err(earliest) if earliest > latest => (Turn::Refused(earliest), queue.remove(id)),
+            Err(earliest) => {
+                queue.register(0, waker);
+                (Turn::At(earliest), None)
+            }
+        }
+    }
 }
 
 impl Buckets {
@@ -40,7 +186,11 @@ impl Buckets {
         let kind = if keyed {
             Kind::Keyed(Mutex::default())
         } else {
-            Kind::Direct(AtomicState::default())
+            Kind::Direct {
+                bucket: AtomicState::default(),
+                queue: Mutex::default(),
+                waiting: AtomicUsize::new(0),
+            }
         };
         // An idle key is dropped once its bucket is full again; look for such
         // keys every refill time, but no more often than once a second and no
@@ -62,41 +212,141 @@ impl Buckets {
         nanos(at.saturating_duration_since(self.epoch))
     }
 
-    /// Takes a token at `now` (for a waiter that woke up, `late` after the
-    /// instant it waited for), or says when the next one will be there.
-    fn check(
+    fn instant(&self, t: u64) -> Instant {
+        self.epoch
+            .checked_add(Duration::from_nanos(t))
+            .unwrap_or_else(|| parapet_core::far_future(self.epoch))
+    }
+
+    fn bound(&self, latest: Option<Instant>) -> u64 {
+        latest.map_or(u64::MAX, |l| self.since_epoch(l))
+    }
+
+    /// A call arriving at `now`: takes a token if one is there and nobody
+    /// waits, else joins the queue if its turn comes by `latest()`.
+    fn arrive(
         self: &Arc<Self>,
         key: Option<&dyn AuthorityKey>,
         now: Instant,
-        late: Option<Duration>,
-    ) -> Result<(), Instant> {
+        latest: impl FnOnce() -> Option<Instant>,
+    ) -> Arrival {
         let t = self.since_epoch(now);
-        let late = late.map(nanos);
-        let outcome = match (&self.kind, key) {
-            (Kind::Direct(bucket), _) => bucket.check(self.gcra, t, late),
+        let arrival = match (&self.kind, key) {
+            (
+                Kind::Direct {
+                    bucket,
+                    queue,
+                    waiting,
+                },
+                _,
+            ) => {
+                // The common path: nobody waits and a token is there.
+                if waiting.load(Ordering::Acquire) == 0 && bucket.check(self.gcra, t, None).is_ok()
+                {
+                    return Arrival::Go;
+                }
+                let mut queue = lock(queue);
+                let latest = || self.bound(latest());
+                let arrival = self.gcra.arrive(&mut &*bucket, &mut queue, t, latest);
+                waiting.store(queue.len(), Ordering::Release);
+                arrival
+            }
             (Kind::Keyed(map), Some(key)) => {
                 let mut map = lock(map);
-                if let Some(state) = map.get_mut(key) {
-                    self.gcra.decide(*state, t, late).map(|next| *state = next)
+                if let Some(entry) = map.get_mut(key) {
+                    let latest = || self.bound(latest());
+                    self.gcra
+                        .arrive(&mut entry.state, &mut entry.queue, t, latest)
                 } else {
                     // A new key's bucket is full: the call goes.
-                    let outcome = self.gcra.decide(BucketState::default(), t, late);
-                    if let Ok(state) = outcome {
-                        map.insert(key.parts().to_owned(), state);
-                        drop(map);
-                        Janitor::ensure(self);
-                    }
-                    outcome.map(drop)
+                    let mut entry = Entry::default();
+                    let arrival = self
+                        .gcra
+                        .arrive(&mut entry.state, &mut entry.queue, t, || 0);
+                    map.insert(key.parts().to_owned(), entry);
+                    drop(map);
+                    Janitor::ensure(self);
+                    arrival
                 }
             }
             // NOTE: `call` always passes a key to a keyed limiter.
-            (Kind::Keyed(_), None) => Ok(()),
+            (Kind::Keyed(_), None) => Arrival::Go,
         };
-        outcome.map_err(|earliest| {
-            self.epoch
-                .checked_add(Duration::from_nanos(earliest))
-                .unwrap_or_else(|| parapet_core::far_future(self.epoch))
-        })
+        match arrival {
+            Arrival::Go => Arrival::Go,
+            Arrival::Wait { id, at } => Arrival::Wait {
+                id,
+                at: self.instant(at),
+            },
+            Arrival::Refused(at) => Arrival::Refused(self.instant(at)),
+        }
+    }
+
+    /// The waiting call `id`, polled at `now`: goes if it is its turn.
+    fn turn(
+        &self,
+        key: Option<&dyn AuthorityKey>,
+        id: u64,
+        now: Instant,
+        latest: Option<Instant>,
+        waker: &Waker,
+    ) -> Turn {
+        let t = self.since_epoch(now);
+        let latest = self.bound(latest);
+        let (turn, next) = match (&self.kind, key) {
+            (
+                Kind::Direct {
+                    bucket,
+                    queue,
+                    waiting,
+                },
+                _,
+            ) => {
+                let mut queue = lock(queue);
+                let turn = self
+                    .gcra
+                    .turn(&mut &*bucket, &mut queue, id, t, latest, waker);
+                waiting.store(queue.len(), Ordering::Release);
+                turn
+            }
+            (Kind::Keyed(map), Some(key)) => match lock(map).get_mut(key) {
+                Some(entry) => {
+                    self.gcra
+                        .turn(&mut entry.state, &mut entry.queue, id, t, latest, waker)
+                }
+                // NOTE: unreachable: a key is not swept while calls wait.
+                None => (Turn::Go, None),
+            },
+            (Kind::Keyed(_), None) => (Turn::Go, None),
+        };
+        if let Some(next) = next {
+            next.wake();
+        }
+        match turn {
+            Turn::Go => Turn::Go,
+            Turn::At(at) => Turn::At(self.instant(at)),
+            Turn::Behind(at) => Turn::Behind(at.map(|at| self.instant(at))),
+            Turn::Refused(at) => Turn::Refused(self.instant(at)),
+        }
+    }
+
+    /// The waiting call `id` is gone: the calls behind it move up.
+    fn leave(&self, key: Option<&dyn AuthorityKey>, id: u64) {
+        let next = match (&self.kind, key) {
+            (Kind::Direct { queue, waiting, .. }, _) => {
+                let mut queue = lock(queue);
+                let next = queue.remove(id);
+                waiting.store(queue.len(), Ordering::Release);
+                next
+            }
+            (Kind::Keyed(map), Some(key)) => lock(map)
+                .get_mut(key)
+                .and_then(|entry| entry.queue.remove(id)),
+            (Kind::Keyed(_), None) => None,
+        };
+        if let Some(next) = next {
+            next.wake();
+        }
     }
 
     fn is_keyed(&self) -> bool {
@@ -105,7 +355,7 @@ impl Buckets {
 
     fn len(&self) -> usize {
         match &self.kind {
-            Kind::Direct(_) => 0,
+            Kind::Direct { .. } => 0,
             Kind::Keyed(map) => lock(map).len(),
         }
     }
@@ -114,11 +364,11 @@ impl Buckets {
 impl Sweep for Buckets {
     fn sweep(&self) -> usize {
         match &self.kind {
-            Kind::Direct(_) => 0,
+            Kind::Direct { .. } => 0,
             Kind::Keyed(map) => {
                 let now = self.since_epoch(Instant::now());
                 let mut map = lock(map);
-                map.retain(|_, state| !Gcra::is_full(*state, now));
+                map.retain(|_, entry| !entry.queue.is_empty() || !Gcra::is_full(entry.state, now));
                 map.shrink_to_fit();
                 map.len()
             }
@@ -150,10 +400,20 @@ impl fmt::Debug for Buckets {
 /// its token inside its response future, as long as that ends within
 /// [`max_wait`](Self::max_wait) and before the call's
 /// [`Deadline`](parapet_core::Deadline); otherwise it fails at once with
-/// [`RateLimited`], which says when it could have gone. A waiter checks the
-/// bucket again when it wakes (many waking together do not over-admit), and
-/// a waiter that is dropped has consumed nothing. In reject mode
+/// [`RateLimited`], which says when it could have gone. In reject mode
 /// ([`reject`](Self::reject)) an empty bucket fails the call at once.
+///
+/// **First come, first served.** Calls waiting for one bucket go in the
+/// order they arrived (the order of `call`): they queue, and only the call at
+/// the head takes the next token; a call arriving while others wait joins the
+/// back even if a token is there. A call's turn is worked out when it
+/// arrives (one interval per call ahead of it), and it fails at once if that
+/// is past its bound. A waiter that is dropped (or fails) has consumed
+/// nothing and leaves the queue: the calls behind it move up a turn. Calls
+/// arriving at the very same moment on the shared bucket may go in either
+/// order. As with tokio's fair locks, a waiter whose task is not polled when
+/// its turn comes holds up the calls behind it (on the same key) until it
+/// is polled or dropped.
 ///
 /// **Late timers.** tokio's timer fires on whole milliseconds, so a waiter
 /// wakes up to a millisecond or two after its token was due. The limiter
@@ -357,38 +617,78 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let now = parapet_core::clock::now();
-        let earliest = {
+        let wait = self.wait;
+        // The call's bound, worked out only when it cannot go at once.
+        let mut latest = None;
+        let arrival = {
             let key = self.buckets.is_keyed().then(|| AuthorityRef::of(&req));
             let key = key.as_ref().map(|k| k as &dyn AuthorityKey);
-            match self.buckets.check(key, now, None) {
-                // The common path: a token was there; no clone, no allocation.
-                Ok(()) => return RateLimitFuture::called(self.inner.call(req)),
-                Err(earliest) => earliest,
-            }
+            self.buckets.arrive(key, now, || {
+                *latest.insert(wait.latest(now, req.extensions()))
+            })
         };
-        let latest = self.wait.latest(now, req.extensions());
-        if latest.is_some_and(|latest| earliest > latest) {
-            return RateLimitFuture::failed(RateLimited::new(earliest, now));
-        }
-        let key = self
-            .buckets
-            .is_keyed()
-            .then(|| AuthorityRef::of(&req).to_owned());
+        let (id, at) = match arrival {
+            // The common path: a token was there; no clone, no allocation.
+            Arrival::Go => return RateLimitFuture::called(self.inner.call(req)),
+            Arrival::Refused(earliest) => {
+                return RateLimitFuture::failed(RateLimited::new(earliest, now));
+            }
+            Arrival::Wait { id, at } => (id, at),
+        };
+        let ticket = Ticket {
+            buckets: Arc::clone(&self.buckets),
+            key: self
+                .buckets
+                .is_keyed()
+                .then(|| AuthorityRef::of(&req).to_owned()),
+            id,
+            queued: true,
+        };
+        let latest = latest.unwrap_or_else(|| wait.latest(now, req.extensions()));
         // NOTE: `self.inner` is the service that was driven ready; it goes
         // into the future and a fresh clone takes its place.
         let clone = self.inner.clone();
         let svc = std::mem::replace(&mut self.inner, clone);
         RateLimitFuture {
             state: State::Waiting {
-                sleep: Box::pin(tokio::time::sleep_until(earliest)),
+                sleep: Box::pin(tokio::time::sleep_until(at)),
                 parked: Some(Box::new(Parked {
                     svc,
                     req,
-                    buckets: Arc::clone(&self.buckets),
-                    key,
+                    ticket,
                     latest,
                 })),
             },
+        }
+    }
+}
+
+/// A call's place in its bucket's queue; leaving it (by being dropped)
+/// lets the calls behind move up.
+struct Ticket {
+    buckets: Arc<Buckets>,
+    key: Option<Authority>,
+    id: u64,
+    /// Whether it is still in the queue.
+    queued: bool,
+}
+
+impl Ticket {
+    fn turn(&mut self, now: Instant, latest: Option<Instant>, waker: &Waker) -> Turn {
+        let key = self.key.as_ref().map(|k| k as &dyn AuthorityKey);
+        let turn = self.buckets.turn(key, self.id, now, latest, waker);
+        if matches!(turn, Turn::Go | Turn::Refused(_)) {
+            self.queued = false;
+        }
+        turn
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.queued {
+            let key = self.key.as_ref().map(|k| k as &dyn AuthorityKey);
+            self.buckets.leave(key, self.id);
         }
     }
 }
@@ -397,16 +697,16 @@ where
 struct Parked<S, B> {
     svc: S,
     req: Request<B>,
-    buckets: Arc<Buckets>,
-    key: Option<Authority>,
+    ticket: Ticket,
     latest: Option<Instant>,
 }
 
 pin_project! {
     /// The response future of [`RateLimit`].
     ///
-    /// Waits for a token (when it must), then drives the inner call.
-    /// Dropping it while it waits gives nothing back because it took nothing.
+    /// Waits for a token (when it must), in turn, then drives the inner call.
+    /// Dropping it while it waits gives back its place in the queue (it had
+    /// taken no token): the calls behind it move up.
     #[must_use = "futures do nothing unless polled"]
     pub struct RateLimitFuture<S, B>
     where
@@ -460,36 +760,43 @@ where
                 StateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
                 StateProj::Failed { error } => return Poll::Ready(Err((*error).into())),
                 StateProj::Waiting { sleep, parked } => {
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        // A deadline layer above need not arm a timer of
-                        // its own while this one will wake the task.
-                        parapet_core::clock::will_wake_by(sleep.deadline());
-                        return Poll::Pending;
-                    }
                     let Some(p) = parked.as_mut() else {
                         // NOTE: unreachable: `parked` is only taken on the way
                         // out of this state.
                         return Poll::Pending;
                     };
-                    // Check again: others may have woken at the same moment.
-                    // The time since the instant waited for (the timer's
-                    // lateness) is not held against this call: see `gcra`.
+                    // Polled by its timer, by the call ahead that left the
+                    // queue, or by anything else driving the task: ask the
+                    // queue whether it is this call's turn.
                     let now = Instant::now();
-                    let late = now.saturating_duration_since(sleep.deadline());
-                    let key = p.key.as_ref().map(|k| k as &dyn AuthorityKey);
-                    match p.buckets.check(key, now, Some(late)) {
-                        Ok(()) => {
+                    let at = match p.ticket.turn(now, p.latest, cx.waker()) {
+                        Turn::Go => {
                             if let Some(p) = parked.take() {
                                 let Parked { mut svc, req, .. } = *p;
                                 state.set(State::Called { fut: svc.call(req) });
                             }
+                            continue;
                         }
-                        Err(earliest) if p.latest.is_some_and(|l| earliest > l) => {
+                        Turn::Refused(earliest) => {
                             let error = RateLimited::new(earliest, now);
                             state.set(State::Failed { error });
+                            continue;
                         }
-                        Err(earliest) => sleep.as_mut().reset(earliest),
+                        Turn::At(at) | Turn::Behind(Some(at)) => at,
+                        // Woken by the queue when the calls ahead have gone.
+                        Turn::Behind(None) => return Poll::Pending,
+                    };
+                    if sleep.deadline() != at {
+                        sleep.as_mut().reset(at);
                     }
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        // A deadline layer above need not arm a timer of
+                        // its own while this one will wake the task.
+                        parapet_core::clock::will_wake_by(at);
+                        return Poll::Pending;
+                    }
+                    // NOTE: `at` is after `now`, so the timer has not fired;
+                    // if it had, the next round asks the queue again.
                 }
             }
         }
@@ -714,7 +1021,7 @@ mod tests {
         let start = Instant::now();
         svc.ready().await.unwrap().call(get("/")).await.unwrap();
         let mut waiter = std::pin::pin!(svc.ready().await.unwrap().call(get("/")));
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(Waker::noop());
         let (polled, promised) =
             parapet_core::clock::watch_wakeups(|| waiter.as_mut().poll(&mut cx));
         assert!(polled.is_pending());
@@ -742,6 +1049,161 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         svc.ready().await.unwrap().call(get("/")).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    /// A stand-in for the client that records which call (numbered in the
+    /// request's extensions) reached it, and when.
+    fn numbered(
+        log: &Arc<Mutex<Vec<(usize, Instant)>>>,
+    ) -> impl Service<Request<()>, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
+    {
+        let log = Arc::clone(log);
+        service_fn(move |req: Request<()>| {
+            let i = *req.extensions().get::<usize>().unwrap();
+            log.lock().unwrap().push((i, Instant::now()));
+            async { Ok::<_, BoxError>(()) }
+        })
+    }
+
+    fn log_clear(log: &Arc<Mutex<Vec<(usize, Instant)>>>) {
+        log.lock().unwrap().clear();
+    }
+
+    fn numbered_get(uri: &str, i: usize) -> Request<()> {
+        let mut req = get(uri);
+        req.extensions_mut().insert(i);
+        req
+    }
+
+    /// Makes calls `from..to` in that order (each arrives at the limiter
+    /// when it is made) and hands each to a task of its own.
+    async fn spawn_calls<S>(
+        svc: &mut S,
+        uri: &str,
+        calls: std::ops::Range<usize>,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), BoxError>>>
+    where
+        S: Service<Request<()>, Response = (), Error = BoxError>,
+        S::Future: Send + 'static,
+    {
+        let mut tasks = Vec::new();
+        for i in calls {
+            let call = svc.ready().await.unwrap().call(numbered_get(uri, i));
+            tasks.push(tokio::spawn(call));
+        }
+        tasks
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_on_one_key_go_in_the_order_they_arrived() {
+        for layer in [
+            RateLimitLayer::new(Quota::per_second(n(1))),
+            RateLimitLayer::per_authority(Quota::per_second(n(1))),
+        ] {
+            let log = Arc::default();
+            let mut svc = layer.layer(numbered(&log));
+            let start = Instant::now();
+            // Five calls made in order 0..4 (the first goes at once)...
+            let mut calls = Vec::new();
+            for i in 0..5 {
+                let req = numbered_get("http://api.example/", i);
+                calls.push(svc.ready().await.unwrap().call(req));
+            }
+            // ...and polled newest first whenever their task wakes up.
+            let [c0, c1, c2, c3, c4] = <[_; 5]>::try_from(calls).ok().unwrap();
+            let (r4, r3, r2, r1, r0) = tokio::join!(c4, c3, c2, c1, c0);
+            for r in [r0, r1, r2, r3, r4] {
+                r.unwrap();
+            }
+            let got: Vec<(usize, Duration)> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|&(i, t)| (i, t - start))
+                .collect();
+            let secs = |s: u64| Duration::from_secs(s);
+            assert_eq!(
+                got,
+                [
+                    (0, secs(0)),
+                    (1, secs(1)),
+                    (2, secs(2)),
+                    (3, secs(3)),
+                    (4, secs(4))
+                ],
+                "{layer:?}"
+            );
+
+            // The same with each call in a task of its own.
+            log_clear(&log);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let start = Instant::now();
+            let tasks = spawn_calls(&mut svc, "http://api.example/", 0..5).await;
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            let order: Vec<usize> = log.lock().unwrap().iter().map(|&(i, _)| i).collect();
+            assert_eq!(order, [0, 1, 2, 3, 4], "{layer:?}");
+            assert_eq!(start.elapsed(), secs(4));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_lets_the_ones_behind_it_move_up() {
+        for layer in [
+            RateLimitLayer::new(Quota::per_second(n(1))),
+            RateLimitLayer::per_authority(Quota::per_second(n(1))),
+        ] {
+            let log = Arc::default();
+            let mut svc = layer.layer(numbered(&log));
+            let start = Instant::now();
+            let mut calls = Vec::new();
+            for i in 0..5 {
+                let req = numbered_get("http://api.example/", i);
+                calls.push(svc.ready().await.unwrap().call(req));
+            }
+            let [c0, c1, c2, c3, c4] = <[_; 5]>::try_from(calls).ok().unwrap();
+            // Call 2 (its turn would be at 2 s) gives up at 1.5 s.
+            let c2 = async {
+                tokio::select! {
+                    r = c2 => Some(r),
+                    () = tokio::time::sleep(Duration::from_millis(1500)) => None,
+                }
+            };
+            let (r4, r3, r2, r1, r0) = tokio::join!(c4, c3, c2, c1, c0);
+            assert!(r2.is_none());
+            for r in [r0, r1, r3, r4] {
+                r.unwrap();
+            }
+            let log = log.lock().unwrap().clone();
+            let got: Vec<(usize, Duration)> = log.iter().map(|&(i, t)| (i, t - start)).collect();
+            let secs = |s: u64| Duration::from_secs(s);
+            // 3 and 4 move up to the turns at 2 s and 3 s, in their order.
+            assert_eq!(
+                got,
+                [(0, secs(0)), (1, secs(1)), (3, secs(2)), (4, secs(3))],
+                "{layer:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_behind_waiters_fails_at_once_when_its_turn_is_past_its_bound() {
+        let log = Arc::default();
+        let mut svc = RateLimitLayer::new(Quota::per_second(n(1)))
+            .max_wait(Duration::from_millis(2500))
+            .layer(numbered(&log));
+        let start = Instant::now();
+        let tasks = spawn_calls(&mut svc, "/", 0..3).await;
+        // Two are waiting (for 1 s and 2 s): the next turn is at 3 s.
+        let err = svc.clone().oneshot(numbered_get("/", 3)).await.unwrap_err();
+        let limited = err.downcast_ref::<RateLimited>().unwrap();
+        assert_eq!(limited.earliest(), start + Duration::from_secs(3));
+        assert_eq!(start.elapsed(), Duration::ZERO, "it did not wait first");
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
         assert_eq!(log.lock().unwrap().len(), 3);
     }
 
