@@ -145,6 +145,12 @@ type Source = Arc<dyn Error + Send + Sync>;
 /// [`TokenError::permanent`]). The layer returns it, boxed, when a request
 /// could not get a token; downcast the `BoxError` to read it.
 ///
+/// `Display` fits on one log line: what the token endpoint sent (its
+/// `error`, `error_description`, a token type) is shown cut to 256 bytes,
+/// with every control, line-separator and bidirectional or invisible
+/// formatting character replaced by U+FFFD, so a hostile server cannot
+/// forge or hide log lines.
+///
 /// Transient errors (timeouts, transport failures, 5xx, 429) are retried by
 /// the cache with backoff; the others are not. `Clone` (its source is
 /// shared) because one failed fetch answers every caller that waited for it.
@@ -185,12 +191,41 @@ enum Kind {
 /// Server-supplied strings kept in an error are cut to this many bytes.
 const MAX_SERVER_TEXT: usize = 256;
 
-fn bounded(s: &str) -> String {
-    let mut end = s.len().min(MAX_SERVER_TEXT);
-    while !s.is_char_boundary(end) {
-        end -= 1;
+/// What a server-supplied string becomes before an error keeps it: every
+/// character that could forge or hide log text (control characters, line
+/// and paragraph separators, bidirectional and invisible formatting
+/// characters) replaced by U+FFFD, the result cut to [`MAX_SERVER_TEXT`]
+/// bytes at a character boundary.
+fn server_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_SERVER_TEXT));
+    for c in s.chars() {
+        let c = if is_hidden_or_control(c) {
+            char::REPLACEMENT_CHARACTER
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > MAX_SERVER_TEXT {
+            break;
+        }
+        out.push(c);
     }
-    s.get(..end).unwrap_or_default().to_owned()
+    out
+}
+
+/// C0 and C1 controls (`\r`, `\n`, `\t`, ESC, NEL...), Unicode line and
+/// paragraph separators, bidirectional marks, embeddings, overrides and
+/// isolates (U+202E...), and invisible characters (zero-width spaces and
+/// joiners, word joiner, BOM).
+fn is_hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
 }
 
 impl TokenError {
@@ -228,8 +263,8 @@ impl TokenError {
         Self {
             kind: Kind::Status {
                 status,
-                error: error.map(bounded),
-                description: description.map(bounded),
+                error: error.map(server_text),
+                description: description.map(server_text),
             },
             source: None,
         }
@@ -244,7 +279,7 @@ impl TokenError {
 
     pub(crate) fn token_type(token_type: &str) -> Self {
         Self {
-            kind: Kind::TokenType(bounded(token_type)),
+            kind: Kind::TokenType(server_text(token_type)),
             source: None,
         }
     }
@@ -334,7 +369,8 @@ impl TokenError {
     }
 
     /// The OAuth `error` code the token endpoint sent (`invalid_client`,
-    /// `invalid_grant`...), when it sent one.
+    /// `invalid_grant`...), when it sent one (cleaned and bounded as
+    /// [`error_description`](Self::error_description) says).
     #[must_use]
     pub fn oauth_error(&self) -> Option<&str> {
         match &self.kind {
@@ -344,7 +380,8 @@ impl TokenError {
     }
 
     /// The OAuth `error_description`, when the token endpoint sent one (cut
-    /// to 256 bytes).
+    /// to 256 bytes, control and bidirectional formatting characters
+    /// replaced by U+FFFD, as in every server-sent text this error keeps).
     #[must_use]
     pub fn error_description(&self) -> Option<&str> {
         match &self.kind {
@@ -444,6 +481,39 @@ mod tests {
         let long = "é".repeat(1000);
         let e = TokenError::rejected(StatusCode::BAD_REQUEST, Some(&long), None);
         assert!(e.oauth_error().unwrap().len() <= MAX_SERVER_TEXT);
+    }
+
+    #[test]
+    fn server_text_in_display_holds_no_control_or_bidi_characters() {
+        // A hostile token endpoint tries to forge log lines, recolour a
+        // terminal and reverse the text around it.
+        let body = "{\"error\":\"invalid_grant\\u001b]0;x\\u0007\",\
+                     \"error_description\":\"bad\\r\\nERROR forged line\\t\\u001b[31mred\\u202eevil\\u2066\\u200f\\u0085\\u2028end\"}";
+        let e = crate::parse_token_response(StatusCode::BAD_REQUEST, body.as_bytes()).unwrap_err();
+        let shown = e.to_string();
+        for c in [
+            '\r', '\n', '\t', '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{200f}', '\u{85}',
+            '\u{2028}',
+        ] {
+            assert!(!shown.contains(c), "{c:?} in {shown:?}");
+            assert!(!e.error_description().unwrap().contains(c), "{c:?}");
+            assert!(!e.oauth_error().unwrap().contains(c), "{c:?}");
+        }
+        assert!(shown.contains("ERROR forged line"), "{shown:?}");
+        assert!(shown.starts_with("token endpoint answered 400 Bad Request: invalid_grant"));
+        // The token type a server names is cleaned the same way.
+        let body = "{\"access_token\":\"a\",\"token_type\":\"MAC\\n\\u202eX\"}";
+        let e = crate::parse_token_response(StatusCode::OK, body.as_bytes()).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{202e}') && !shown.contains("\\n"),
+            "{shown:?}"
+        );
+        // And it stays bounded, however many characters are replaced.
+        let long = "\u{202e}".repeat(1000);
+        let e = TokenError::rejected(StatusCode::BAD_REQUEST, None, Some(&long));
+        assert!(e.error_description().unwrap().len() <= MAX_SERVER_TEXT);
+        assert!(e.to_string().len() < MAX_SERVER_TEXT + 64);
     }
 
     #[test]
