@@ -123,7 +123,8 @@ impl TokenEndpoint {
         self
     }
 
-    /// The token endpoint's URL.
+    /// The token endpoint's URL, as given: user info included, if it had
+    /// any (`Debug` shows it as `REDACTED`; the client does not send it).
     #[must_use]
     pub fn url(&self) -> &Uri {
         &self.url
@@ -155,9 +156,31 @@ impl TokenEndpoint {
 impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenEndpoint")
-            .field("url", &self.url)
+            .field("url", &Redacted(&self.url))
             .field("max_response_bytes", &self.max_body)
             .finish_non_exhaustive()
+    }
+}
+
+/// A URL as it may be shown: user info (`user:password@`) replaced by
+/// `REDACTED:REDACTED@` (or `REDACTED@` without a colon).
+struct Redacted<'a>(&'a Uri);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self.0;
+        let Some((userinfo, host)) = url.authority().and_then(|a| a.as_str().rsplit_once('@'))
+        else {
+            return write!(f, "{url}");
+        };
+        let hidden = if userinfo.contains(':') {
+            "REDACTED:REDACTED"
+        } else {
+            "REDACTED"
+        };
+        let scheme = url.scheme_str().unwrap_or("http");
+        let rest = url.path_and_query().map_or("/", |pq| pq.as_str());
+        write!(f, "{scheme}://{hidden}@{host}{rest}")
     }
 }
 
@@ -606,6 +629,37 @@ mod tests {
         assert_eq!(r.unwrap().expose(), "r2");
         let (t, r) = ok(r#"{"access_token":"abc","token_type":"bearer"}"#).unwrap();
         assert!(t.expires_at().is_none() && r.is_none());
+    }
+
+    #[test]
+    fn debug_never_prints_user_info_in_the_token_url() {
+        let svc = tower::service_fn(|_req: Request<Bytes>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+        });
+        for url in [
+            "http://user:secret@auth.test/token?x=1",
+            "https://user:secret@auth.test:8443/oauth/token",
+            "http://secret@auth.test/token",
+            "http://user:p%40ss:secret@auth.test/token",
+        ] {
+            let endpoint = TokenEndpoint::new(svc, url).unwrap();
+            let grant = ClientCredentialsGrant::new(endpoint.clone(), "id", "pw").unwrap();
+            let refresh = RefreshTokenGrant::new(endpoint.clone(), "r").unwrap();
+            let shown = format!("{endpoint:?} {endpoint:#?}");
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(!shown.contains("user:"), "{shown}");
+            assert!(shown.contains("auth.test"), "{shown}");
+            assert!(shown.contains("/token"), "{shown}");
+            // The grants show their endpoint the same way (`secret` is also
+            // the name of a redacted field there).
+            let shown = format!("{grant:?} {refresh:?}");
+            assert!(
+                !shown.contains("secret@") && !shown.contains("user:"),
+                "{shown}"
+            );
+        }
+        let plain = TokenEndpoint::new(svc, "https://auth.test/token").unwrap();
+        assert!(format!("{plain:?}").contains("url: https://auth.test/token"));
     }
 
     #[test]
