@@ -18,6 +18,8 @@ use crate::{ProvideToken, SecretString, Token, TokenError};
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// Default [`fetch_timeout`](TokenCacheBuilder::fetch_timeout): 10 s.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`reauth_cooldown`](TokenCacheBuilder::reauth_cooldown): 5 s.
+pub const DEFAULT_REAUTH_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// A token as the cache hands it out: the ready-made `Authorization` value
 /// and the generation that identifies it.
@@ -33,6 +35,9 @@ struct Entry {
     generation: u64,
     expires_at: Option<Instant>,
     refresh_at: Option<Instant>,
+    // For a token fetched because a 401 refused its predecessor: until
+    // then, a 401 to it is returned as it is (no fetch, no re-send).
+    reauth_from: Option<Instant>,
 }
 
 impl CachedToken {
@@ -74,6 +79,10 @@ impl CachedToken {
     fn wants_refresh(&self, now: Instant) -> bool {
         self.0.refresh_at.is_some_and(|r| now >= r)
     }
+
+    fn in_reauth_cooldown(&self, now: Instant) -> bool {
+        self.0.reauth_from.is_some_and(|t| now < t)
+    }
 }
 
 impl fmt::Debug for CachedToken {
@@ -111,6 +120,16 @@ impl fmt::Debug for CachedToken {
 /// - **Invalidation.** [`invalidate`](Self::invalidate) drops the given token
 ///   only if it is still the current one, so a late 401 for an old token
 ///   never throws away a newer one.
+/// - **Bounded re-auth.** When the [`AuthLayer`](crate::AuthLayer) gets a
+///   401, the token is replaced and the request sent once more. A token
+///   fetched that way that is refused too is not replaced again at once:
+///   for [`reauth_cooldown`](TokenCacheBuilder::reauth_cooldown) (5 s, plus
+///   up to half again of jitter) after its fetch, a 401 to it comes back to
+///   the caller as it is, with no fetch and no re-send. An API that
+///   refuses every token (a wrong audience, a clock skew, an outage of its
+///   token validation) costs one token fetch per cool-down, not one per
+///   call; a token revoked for real is still replaced by the first 401
+///   after the cool-down.
 /// - **Cheap reads.** A valid token is served under a briefly held read
 ///   lock, by cloning an `Arc`: no allocation, no await.
 ///
@@ -163,6 +182,7 @@ struct Config {
     attempts: u32,
     backoff_base: Duration,
     backoff_max: Duration,
+    reauth_cooldown: Duration,
     jitter: Jitter,
 }
 
@@ -177,6 +197,9 @@ struct State {
     failures: u32,
     cooldown_until: Option<Instant>,
     last_error: Option<TokenError>,
+    // A 401 invalidated the current token: the next token fetched gets a
+    // re-auth cool-down.
+    reauth_pending: bool,
 }
 
 impl State {
@@ -221,6 +244,23 @@ impl TokenCacheBuilder {
     /// Default: 30 s.
     pub fn refresh_margin(mut self, margin: Duration) -> Self {
         self.config.margin = margin;
+        self
+    }
+
+    /// How long after a token was fetched because a 401 refused the one
+    /// before it a 401 to that token too is returned as it is, without
+    /// another fetch or re-send; spread up by as much as half again by
+    /// jitter, so that many clients of one API do not fetch in step.
+    /// `Duration::ZERO` replaces the token after every 401.
+    ///
+    /// The first 401 to a token always gets a fresh token and the one
+    /// re-send (a revoked token recovers at once); only a token that was
+    /// itself the answer to a 401 waits out the cool-down. Once it has
+    /// passed, a 401 replaces that token as usual.
+    ///
+    /// Default: [`DEFAULT_REAUTH_COOLDOWN`] (5 s).
+    pub fn reauth_cooldown(mut self, cooldown: Duration) -> Self {
+        self.config.reauth_cooldown = cooldown;
         self
     }
 
@@ -296,6 +336,7 @@ impl TokenCache {
                 attempts: 3,
                 backoff_base: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(5),
+                reauth_cooldown: DEFAULT_REAUTH_COOLDOWN,
                 jitter: Jitter::random(),
             },
         }
@@ -329,6 +370,10 @@ impl TokenCache {
 
     /// Drops `used` if it is still the current token (the server rejected
     /// it); returns whether it was. A newer token fetched meanwhile is kept.
+    ///
+    /// An explicit call, so the [re-auth
+    /// cool-down](TokenCacheBuilder::reauth_cooldown) that bounds the
+    /// layer's own re-auth after a 401 does not apply.
     pub fn invalidate(&self, used: &CachedToken) -> bool {
         let mut st = write(&self.inner.state);
         if st
@@ -345,6 +390,31 @@ impl TokenCache {
         } else {
             false
         }
+    }
+
+    /// After a 401 to `used`: the token to send the request again with
+    /// (a newer one, or the answer of a fetch this starts or joins), or
+    /// `None` when `used` is current and still in its re-auth cool-down
+    /// (the 401 is to be returned).
+    pub(crate) fn reauth(&self, used: &CachedToken) -> Option<Acquire> {
+        let now = Instant::now();
+        {
+            let mut st = write(&self.inner.state);
+            if let Some(cur) = &st.current {
+                if cur.generation() == used.generation() {
+                    if cur.in_reauth_cooldown(now) {
+                        return None;
+                    }
+                    st.current = None;
+                    st.reauth_pending = true;
+                    tracing::debug!(
+                        generation = used.generation(),
+                        "token invalidated after the server rejected it"
+                    );
+                }
+            }
+        }
+        Some(self.acquire())
     }
 
     pub(crate) fn acquire(&self) -> Acquire {
@@ -492,10 +562,12 @@ impl Inner {
             st.fetch = None;
         }
         let generation = st.generation.wrapping_add(1);
-        let entry = result.and_then(|token| self.entry(&token, generation, now));
+        let after_401 = st.reauth_pending;
+        let entry = result.and_then(|token| self.entry(&token, generation, now, after_401));
         match entry {
             Ok(entry) => {
                 st.generation = generation;
+                st.reauth_pending = false;
                 st.current = Some(entry.clone());
                 st.failures = 0;
                 st.cooldown_until = None;
@@ -529,6 +601,7 @@ impl Inner {
         token: &Token,
         generation: u64,
         now: Instant,
+        after_401: bool,
     ) -> Result<CachedToken, TokenError> {
         let secret = token.secret().clone();
         if secret.is_empty() || !is_visible_ascii(secret.expose()) {
@@ -544,12 +617,25 @@ impl Inner {
             let margin = self.config.jitter.spread_up(margin, 0.25);
             exp.checked_sub(margin).unwrap_or(now)
         });
+        let reauth_from = if after_401 && !self.config.reauth_cooldown.is_zero() {
+            let cooldown = self
+                .config
+                .jitter
+                .spread_up(self.config.reauth_cooldown, 0.5);
+            Some(
+                now.checked_add(cooldown)
+                    .unwrap_or_else(|| parapet_core::far_future(now)),
+            )
+        } else {
+            None
+        };
         Ok(CachedToken(Arc::new(Entry {
             header,
             secret,
             generation,
             expires_at,
             refresh_at,
+            reauth_from,
         })))
     }
 }

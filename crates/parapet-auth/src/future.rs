@@ -260,12 +260,18 @@ where
                         tracing::debug!("401, but the request body cannot be sent again");
                         return Poll::Ready(Ok(resp));
                     }
+                    let Some(next) = extra.cache.reauth(used) else {
+                        tracing::debug!(
+                            generation = used.generation(),
+                            "401 to a token fetched after a 401 moments ago: returning it"
+                        );
+                        return Poll::Ready(Ok(resp));
+                    };
                     tracing::debug!(
                         generation = used.generation(),
                         "401: sending the request once more with a fresh token"
                     );
-                    extra.cache.invalidate(used);
-                    match extra.cache.acquire() {
+                    match next {
                         Acquire::Ready(t) => {
                             extra.used = Some(t);
                             this.state.set(State::Ready);

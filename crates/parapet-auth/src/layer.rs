@@ -22,7 +22,10 @@ pub enum On401 {
     /// Return the 401 to the caller.
     Return,
     /// Invalidate the token the request was sent with, get a fresh one and
-    /// send the request once more (the default).
+    /// send the request once more (the default). A token that was itself
+    /// fetched after a 401 is not replaced within the cache's
+    /// [re-auth cool-down](crate::TokenCacheBuilder::reauth_cooldown): its
+    /// 401 is returned as it is.
     #[default]
     Refresh,
     /// As [`Refresh`](Self::Refresh), but only when the server's

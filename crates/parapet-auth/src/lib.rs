@@ -22,8 +22,12 @@
 //! a fresh one and sends the request once more, its body replayed through
 //! [`parapet_core::ReplayBody`]. Never more than once: a second 401 is
 //! returned, and so is a 401 whose body cannot be replayed (over the replay
-//! cap). A 403 (`insufficient_scope`) never refreshes: a new token would
-//! carry the same scope.
+//! cap). A token that was itself fetched after a 401 and is refused too
+//! within its [re-auth cool-down](TokenCacheBuilder::reauth_cooldown) (5 s,
+//! jittered) is not replaced at once: the 401 is returned with no fetch and
+//! no re-send, so an API that refuses every token costs one token fetch per
+//! cool-down, not one per call. A 403 (`insufficient_scope`) never
+//! refreshes: a new token would carry the same scope.
 //!
 //! Secrets never print: every injected header value is marked sensitive,
 //! and every type holding a secret ([`SecretString`], [`Token`],
@@ -122,7 +126,8 @@ mod service;
 mod token;
 
 pub use cache::{
-    CachedToken, DEFAULT_FETCH_TIMEOUT, DEFAULT_REFRESH_MARGIN, TokenCache, TokenCacheBuilder,
+    CachedToken, DEFAULT_FETCH_TIMEOUT, DEFAULT_REAUTH_COOLDOWN, DEFAULT_REFRESH_MARGIN,
+    TokenCache, TokenCacheBuilder,
 };
 pub use error::{InvalidCredential, TokenError};
 pub use future::ResponseFuture;

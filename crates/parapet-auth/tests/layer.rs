@@ -12,7 +12,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use parapet_auth::{AuthLayer, On401, Token, TokenCache, TokenError, provider_fn};
-use parapet_core::{BoxError, ReplayBody};
+use parapet_core::{BoxError, Jitter, ReplayBody};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// What the stand-in API saw: the credential header, the query and the body.
@@ -255,6 +255,87 @@ async fn a_persistent_401_is_returned_after_two_arrivals() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(log.lock().unwrap().len(), 2);
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
+/// Issue 15, must-fix 4: an API that answers 401 to every token used to
+/// cost a token fetch and a re-send per call (50 calls: 51 fetches, 100
+/// requests).
+#[tokio::test(start_paused = true)]
+async fn a_server_refusing_every_token_costs_a_bounded_number_of_fetches() {
+    let log = log();
+    let (p, fetches) = counting(Duration::ZERO);
+    let cache = TokenCache::builder(p).jitter(Jitter::fixed(0.0)).build();
+    let svc = AuthLayer::token_cache(cache).layer(api(&log, |_| status(401)));
+    for i in 0..50 {
+        let resp = svc
+            .clone()
+            .oneshot(Request::new(String::from("b")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        // The first call: its token, refused, is replaced once and the
+        // request sent once more. Every later call, within the re-auth
+        // cool-down of the token that replaced it: one request, no fetch.
+        let sent = if i == 0 { 2 } else { i + 2 };
+        assert_eq!(log.lock().unwrap().len(), sent, "call {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 51);
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|s| s.auth.as_deref() == Some("Bearer token-1"))
+    );
+}
+
+/// The re-auth cool-down does not stop a genuine revocation from
+/// recovering: once it has passed, a refused token is replaced.
+#[tokio::test(start_paused = true)]
+async fn after_the_reauth_cooldown_a_refused_token_is_replaced() {
+    let log = log();
+    let (p, fetches) = counting(Duration::ZERO);
+    let cache = TokenCache::builder(p)
+        .reauth_cooldown(Duration::from_secs(5))
+        .jitter(Jitter::fixed(0.0))
+        .build();
+    let svc = AuthLayer::token_cache(cache).layer(api(&log, ok_unless(&["token-0", "token-1"])));
+    let send = || async {
+        svc.clone()
+            .oneshot(Request::new(String::from("b")))
+            .await
+            .unwrap()
+            .status()
+    };
+    // token-0 refused: token-1 fetched, refused too: the 401 comes back.
+    assert_eq!(send().await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (fetches.load(Ordering::SeqCst), log.lock().unwrap().len()),
+        (2, 2)
+    );
+    // Within the cool-down of token-1: its 401, no fetch, no re-send.
+    tokio::time::sleep(Duration::from_millis(4_900)).await;
+    assert_eq!(send().await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (fetches.load(Ordering::SeqCst), log.lock().unwrap().len()),
+        (2, 3)
+    );
+    // Past it: token-1 is replaced and the request sent again with token-2.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(send().await, StatusCode::OK);
+    assert_eq!(
+        (fetches.load(Ordering::SeqCst), log.lock().unwrap().len()),
+        (3, 5)
+    );
+    assert_eq!(
+        log.lock().unwrap()[4].auth.as_deref(),
+        Some("Bearer token-2")
+    );
+    assert_eq!(
+        parapet_auth::DEFAULT_REAUTH_COOLDOWN,
+        Duration::from_secs(5)
+    );
 }
 
 #[tokio::test(start_paused = true)]
