@@ -112,7 +112,10 @@ impl fmt::Debug for CachedToken {
 ///   [`fetch_timeout`](TokenCacheBuilder::fetch_timeout) (10 s), which
 ///   covers its retries: a transient failure (timeout, transport error, 5xx,
 ///   429) is retried up to [`fetch_attempts`](TokenCacheBuilder::fetch_attempts)
-///   (3) with exponential [`backoff`](TokenCacheBuilder::backoff). A fetch
+///   (3) with exponential [`backoff`](TokenCacheBuilder::backoff). The
+///   provider says what is transient: a [`RefreshTokenGrant`](crate::RefreshTokenGrant)
+///   whose request may have reached the server unanswered reports it as
+///   not transient (its refresh token may be spent), so it is not retried. A fetch
 ///   that failed in the end leaves a still-valid token in use and starts a
 ///   cool-down (the same backoff, growing with each failed fetch) during
 ///   which no new fetch starts; callers with no valid token get the last

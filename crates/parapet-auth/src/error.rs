@@ -152,7 +152,10 @@ type Source = Arc<dyn Error + Send + Sync>;
 /// forge or hide log lines.
 ///
 /// Transient errors (timeouts, transport failures, 5xx, 429) are retried by
-/// the cache with backoff; the others are not. `Clone` (its source is
+/// the cache with backoff; the others are not. A refresh-token request that
+/// may have reached the server unanswered is not transient
+/// ([`is_refresh_outcome_unknown`](Self::is_refresh_outcome_unknown)): its
+/// refresh token may be spent. `Clone` (its source is
 /// shared) because one failed fetch answers every caller that waited for it.
 ///
 /// ```
@@ -186,6 +189,7 @@ enum Kind {
         transient: bool,
     },
     Closed,
+    RefreshOutcomeUnknown,
 }
 
 /// Server-supplied strings kept in an error are cut to this many bytes.
@@ -305,6 +309,13 @@ impl TokenError {
         }
     }
 
+    pub(crate) fn refresh_outcome_unknown(cause: TokenError) -> Self {
+        Self {
+            kind: Kind::RefreshOutcomeUnknown,
+            source: Some(Arc::new(cause)),
+        }
+    }
+
     pub(crate) const fn closed() -> Self {
         Self {
             kind: Kind::Closed,
@@ -330,9 +341,11 @@ impl TokenError {
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
             Kind::Provider { transient } => *transient,
-            Kind::Malformed(_) | Kind::TokenType(_) | Kind::TooLarge(_) | Kind::InvalidToken => {
-                false
-            }
+            Kind::Malformed(_)
+            | Kind::TokenType(_)
+            | Kind::TooLarge(_)
+            | Kind::InvalidToken
+            | Kind::RefreshOutcomeUnknown => false,
         }
     }
 
@@ -408,6 +421,19 @@ impl TokenError {
         matches!(self.kind, Kind::Transport)
     }
 
+    /// A refresh-token request may have reached the token endpoint without
+    /// its answer being read (a reset after it was written, a timeout, a 2xx
+    /// answer cut off or unreadable): the refresh token may be spent, and a
+    /// rotated one lost. The [`RefreshTokenGrant`](crate::RefreshTokenGrant)
+    /// keeps the old refresh token and does not send it again until it is
+    /// given one ([`set_refresh_token`](crate::RefreshTokenGrant::set_refresh_token)):
+    /// the grant may need re-authorisation. Never transient; the
+    /// [`source`](Error::source) says what happened.
+    #[must_use]
+    pub fn is_refresh_outcome_unknown(&self) -> bool {
+        matches!(self.kind, Kind::RefreshOutcomeUnknown)
+    }
+
     /// A custom provider failed ([`transient`](Self::transient) or
     /// [`permanent`](Self::permanent)).
     #[must_use]
@@ -445,6 +471,11 @@ impl fmt::Display for TokenError {
             Kind::Transport => f.write_str("token request failed"),
             Kind::Provider { .. } => f.write_str("token provider failed"),
             Kind::Closed => f.write_str("token fetch ended without an answer"),
+            Kind::RefreshOutcomeUnknown => f.write_str(
+                "refresh outcome unknown: the refresh token request may have reached the server \
+                 unanswered, so the refresh token (possibly spent) is kept and not sent again; \
+                 the grant may need re-authorisation",
+            ),
         }
     }
 }

@@ -13,7 +13,10 @@
 //!   token stays in use, and bounds each fetch with a timeout;
 //! - OAuth 2.0 providers: [`ClientCredentialsGrant`] and
 //!   [`RefreshTokenGrant`] (which keeps the newest refresh token when the
-//!   server rotates it), reaching the token endpoint through any
+//!   server rotates it, and never sends a refresh token again once a
+//!   request spending it may have arrived unanswered: see
+//!   [its docs](RefreshTokenGrant#a-refresh-token-is-never-sent-twice-by-chance)),
+//!   reaching the token endpoint through any
 //!   `tower::Service` you give a [`TokenEndpoint`], normally the same hyper
 //!   client without this layer.
 //!
@@ -37,16 +40,21 @@
 //! # Where the layer goes
 //!
 //! ```text
-//! RequestId/trace → Deadline → Retry → Throttle → RateLimit → Auth → ConcurrencyLimit → AttemptTimeout → client
+//! RequestId/trace → Deadline → Retry → Auth → Throttle → RateLimit → ConcurrencyLimit → AttemptTimeout → client
 //! ```
 //!
 //! - **Inside retry**, so that each attempt gets the credentials current at
 //!   the time it is sent: an attempt after a token refresh carries the new
 //!   token, not the one the first attempt had. The retry layer arms the
 //!   replayable body; this layer reuses it (one recording per call).
-//! - **Inside the rate limits and throttle**, so that a request waiting for
-//!   its turn does not hold a token that may expire during the wait, and a
-//!   re-send after a 401 is not counted twice against the client's limits.
+//! - **Above the throttle and the rate limit** (... retry → auth → throttle
+//!   → rate limit → concurrency limit → attempt timeout ...): auth sits
+//!   above the limiters so that its re-send after a 401 is counted and
+//!   gated like every request that leaves. A request then waits at the
+//!   limiters with its token already on. The cache replaces tokens ahead of
+//!   their expiry (by the [refresh margin](TokenCacheBuilder::refresh_margin),
+//!   30 s by default), so a token rarely expires during such a wait; one
+//!   that does is refused with a 401 and replaced for the one re-send.
 //! - **Outside the concurrency limit**, so that a token fetch (which may take
 //!   a while, or wait for another task's fetch) happens before a connection
 //!   slot is taken: callers waiting for a token never starve others of

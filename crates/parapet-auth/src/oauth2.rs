@@ -27,9 +27,45 @@ pub const DEFAULT_MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 type Send_ = dyn Fn(
         Request<Bytes>,
         usize,
-    ) -> Pin<Box<dyn Future<Output = Result<(StatusCode, Bytes), TokenError>> + Send>>
+    ) -> Pin<Box<dyn Future<Output = Result<(StatusCode, Bytes), SendError>> + Send>>
     + Send
     + Sync;
+
+/// A token request that failed, and how far it got.
+struct SendError {
+    error: TokenError,
+    /// The request provably never left: the service was not ready, or the
+    /// failure proves it ([`parapet_core::request_never_sent`]).
+    never_sent: bool,
+    /// The answer's status, when its head arrived before the failure.
+    status: Option<StatusCode>,
+}
+
+impl SendError {
+    fn before_answer(error: BoxError) -> Self {
+        Self {
+            never_sent: parapet_core::request_never_sent(&*error),
+            error: TokenError::transport(error),
+            status: None,
+        }
+    }
+
+    fn not_sent(error: BoxError) -> Self {
+        Self {
+            error: TokenError::transport(error),
+            never_sent: true,
+            status: None,
+        }
+    }
+
+    fn in_answer(error: TokenError, status: StatusCode) -> Self {
+        Self {
+            error,
+            never_sent: false,
+            status: Some(status),
+        }
+    }
+}
 
 /// Where tokens come from: the token endpoint's URL and the service that
 /// reaches it.
@@ -89,18 +125,20 @@ impl TokenEndpoint {
             let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 poll_fn(|cx| svc.poll_ready(cx))
                     .await
-                    .map_err(|e| TokenError::transport(e.into()))?;
+                    .map_err(|e| SendError::not_sent(e.into()))?;
                 let resp = svc
                     .call(req.map(B::from))
                     .await
-                    .map_err(|e| TokenError::transport(e.into()))?;
+                    .map_err(|e| SendError::before_answer(e.into()))?;
                 let status = resp.status();
                 let body = match Limited::new(resp.into_body(), max).collect().await {
                     Ok(c) => c.to_bytes(),
                     Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                        return Err(TokenError::too_large(max));
+                        return Err(SendError::in_answer(TokenError::too_large(max), status));
                     }
-                    Err(e) => return Err(TokenError::transport(e)),
+                    Err(e) => {
+                        return Err(SendError::in_answer(TokenError::transport(e), status));
+                    }
                 };
                 Ok((status, body))
             });
@@ -130,12 +168,12 @@ impl TokenEndpoint {
         &self.url
     }
 
-    /// POSTs the form and parses the answer.
-    async fn request(
+    /// POSTs the form; the answer's status and body, read whole.
+    async fn post(
         &self,
         form: String,
         basic: Option<HeaderValue>,
-    ) -> Result<(Token, Option<SecretString>), TokenError> {
+    ) -> Result<(StatusCode, Bytes), SendError> {
         let mut req = Request::new(Bytes::from(form));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.url.clone();
@@ -148,8 +186,7 @@ impl TokenEndpoint {
         if let Some(b) = basic {
             h.insert(AUTHORIZATION, b);
         }
-        let (status, body) = (self.send)(req, self.max_body).await?;
-        parse_token_response(status, &body)
+        (self.send)(req, self.max_body).await
     }
 }
 
@@ -346,7 +383,14 @@ impl ClientCredentialsGrant {
             fields.push(("audience", a));
         }
         let basic = self.client.apply(&mut fields);
-        let (token, _refresh) = self.endpoint.request(form::pairs(fields), basic).await?;
+        // Nothing is spent by a client-credentials request: every
+        // transient failure may be retried, wherever it happened.
+        let (status, body) = self
+            .endpoint
+            .post(form::pairs(fields), basic)
+            .await
+            .map_err(|e| e.error)?;
+        let (token, _refresh) = parse_token_response(status, &body)?;
         Ok(token)
     }
 }
@@ -385,12 +429,102 @@ impl ProvideToken for ClientCredentialsGrant {
 /// assert_eq!(grant.refresh_token().expose(), "r-2");
 /// # }
 /// ```
+///
+/// # A refresh token is never sent twice by chance
+///
+/// A refresh request spends its refresh token when the server rotates
+/// them, and a server that detects reuse (as the OAuth 2.0 security best
+/// practice asks) takes a spent token sent again for a stolen one and
+/// revokes the whole grant: the user is logged out until a person
+/// authorises again. So the grant tells the [`TokenCache`](crate::TokenCache)
+/// to retry a failed refresh only when the refresh token provably was not
+/// spent:
+///
+/// - **The request never left** (the connection was refused, the connect
+///   failed; with `parapet-core`'s `hyper-util` feature, which the `parapet`
+///   facade turns on, whatever hyper-util's `is_connect()` says; see
+///   [`parapet_core::request_never_sent`]): retried, as for any grant.
+/// - **The server answered with an error** (a complete non-2xx answer: 5xx
+///   and 429 are retried, `invalid_grant` and the like are not): the
+///   server issued nothing, the refresh token stays as it was.
+/// - **Anything else, once the request may have arrived**: a reset or
+///   close after it was written, the cache's
+///   [`fetch_timeout`](crate::TokenCacheBuilder::fetch_timeout) cutting
+///   it off, a 2xx answer whose body broke off, ran over
+///   [`max_response_bytes`](TokenEndpoint::max_response_bytes) or cannot be
+///   parsed. The answer may have carried a rotated refresh token that we
+///   never read: it is lost, and the one we hold may be spent. The grant
+///   **keeps the old refresh token** ([`refresh_token`](Self::refresh_token)
+///   still returns it), **sends nothing more**, and answers this fetch and
+///   every later one at once with a [`TokenError`] for which
+///   [`is_refresh_outcome_unknown`](TokenError::is_refresh_outcome_unknown)
+///   holds (its source says what happened), until
+///   [`set_refresh_token`](Self::set_refresh_token) gives it a refresh
+///   token: the one from a new authorisation, or the old one again when you
+///   know that the server does not rotate refresh tokens or tolerates a
+///   reuse. Nothing is dropped silently; the state is visible on
+///   [`refresh_outcome_unknown`](Self::refresh_outcome_unknown).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use parapet_auth::{RefreshTokenGrant, TokenCache, TokenEndpoint};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // A token endpoint whose connection resets once the request is written.
+/// let sent = Arc::new(AtomicUsize::new(0));
+/// let n = Arc::clone(&sent);
+/// let flaky = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+///     n.fetch_add(1, Ordering::SeqCst);
+///     async {
+///         Err::<Response<Full<Bytes>>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+///     }
+/// });
+/// let endpoint = TokenEndpoint::new(flaky, "http://127.0.0.1:9/token").unwrap();
+/// let grant = Arc::new(RefreshTokenGrant::new(endpoint, "r-1").unwrap());
+///
+/// let err = TokenCache::new(Arc::clone(&grant)).token().await.unwrap_err();
+/// assert!(err.is_refresh_outcome_unknown());
+/// assert_eq!(sent.load(Ordering::SeqCst), 1); // sent once, never again
+/// assert!(grant.refresh_outcome_unknown());
+/// assert_eq!(grant.refresh_token().expose(), "r-1"); // kept, to store or inspect
+///
+/// // Later fetches answer at once, without a request...
+/// let err = TokenCache::new(Arc::clone(&grant)).token().await.unwrap_err();
+/// assert!(err.is_refresh_outcome_unknown());
+/// assert_eq!(sent.load(Ordering::SeqCst), 1);
+/// // ...until the grant is given a refresh token (after re-authorising).
+/// grant.set_refresh_token("r-from-a-new-login").unwrap();
+/// assert!(!grant.refresh_outcome_unknown());
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct RefreshTokenGrant {
     endpoint: TokenEndpoint,
-    refresh: Mutex<SecretString>,
+    refresh: Mutex<Slot>,
     client: Option<Client>,
     scope: Option<String>,
+}
+
+/// The refresh token, and whether it may have been spent unseen.
+#[derive(Debug)]
+struct Slot {
+    token: SecretString,
+    /// Why the outcome of a request that spent `token` is unknown.
+    unknown: Option<TokenError>,
+}
+
+fn checked_refresh_token(refresh: SecretString) -> Result<SecretString, InvalidCredential> {
+    if refresh.is_empty() {
+        return Err(InvalidCredential::empty("refresh token"));
+    }
+    if refresh.expose().chars().any(char::is_control) {
+        return Err(InvalidCredential::control_character("refresh token"));
+    }
+    Ok(refresh)
 }
 
 impl RefreshTokenGrant {
@@ -403,16 +537,12 @@ impl RefreshTokenGrant {
         endpoint: TokenEndpoint,
         refresh_token: impl Into<SecretString>,
     ) -> Result<Self, InvalidCredential> {
-        let refresh = refresh_token.into();
-        if refresh.is_empty() {
-            return Err(InvalidCredential::empty("refresh token"));
-        }
-        if refresh.expose().chars().any(char::is_control) {
-            return Err(InvalidCredential::control_character("refresh token"));
-        }
         Ok(Self {
             endpoint,
-            refresh: Mutex::new(refresh),
+            refresh: Mutex::new(Slot {
+                token: checked_refresh_token(refresh_token.into())?,
+                unknown: None,
+            }),
             client: None,
             scope: None,
         })
@@ -456,16 +586,51 @@ impl RefreshTokenGrant {
         self
     }
 
-    /// The refresh token in use: the newest one the server sent.
+    /// The refresh token in use: the newest one the server sent, or, after
+    /// a refresh whose outcome is unknown, the one that request spent.
     pub fn refresh_token(&self) -> SecretString {
-        self.refresh
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.slot().token.clone()
+    }
+
+    /// Whether a refresh request may have reached the server without its
+    /// answer being read, so that the refresh token held may be spent (see
+    /// [the type's docs](Self#a-refresh-token-is-never-sent-twice-by-chance)).
+    /// While it holds, fetches fail at once and send nothing.
+    #[must_use]
+    pub fn refresh_outcome_unknown(&self) -> bool {
+        self.slot().unknown.is_some()
+    }
+
+    /// Replaces the refresh token (with one from a new authorisation, say)
+    /// and clears an unknown refresh outcome: the next fetch sends it.
+    ///
+    /// # Errors
+    ///
+    /// The refresh token is empty or holds a control character; the grant
+    /// is left as it was.
+    pub fn set_refresh_token(
+        &self,
+        refresh_token: impl Into<SecretString>,
+    ) -> Result<(), InvalidCredential> {
+        let token = checked_refresh_token(refresh_token.into())?;
+        let mut slot = self.slot();
+        slot.token = token;
+        slot.unknown = None;
+        Ok(())
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.refresh.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn fetch(&self) -> Result<Token, TokenError> {
-        let refresh = self.refresh_token();
+        let refresh = {
+            let slot = self.slot();
+            if let Some(cause) = &slot.unknown {
+                return Err(TokenError::refresh_outcome_unknown(cause.clone()));
+            }
+            slot.token.clone()
+        };
         let mut fields = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.expose()),
@@ -474,17 +639,88 @@ impl RefreshTokenGrant {
             fields.push(("scope", s));
         }
         let basic = self.client.as_ref().and_then(|c| c.apply(&mut fields));
-        let (token, rotated) = self.endpoint.request(form::pairs(fields), basic).await?;
-        if let Some(new) = rotated {
-            let mut slot = self.refresh.lock().unwrap_or_else(PoisonError::into_inner);
-            // Only replace the token this fetch spent (a concurrent fetch
-            // through another cache may have rotated it already).
-            if *slot == refresh {
-                *slot = new;
-                tracing::debug!("refresh token rotated");
-            }
+        let form = form::pairs(fields);
+        // From here on the refresh token may be spent: if this future is
+        // dropped before the outcome is known (the cache's fetch timeout),
+        // the guard records that it is unknown.
+        let mut spending = Spending {
+            grant: self,
+            refresh: Some(refresh),
+        };
+        let outcome = match self.endpoint.post(form, basic).await {
+            Ok((status, body)) => match parse_token_response(status, &body) {
+                Ok((token, rotated)) => {
+                    if let Some(new) = rotated {
+                        spending.rotated(new);
+                    }
+                    Ok(token)
+                }
+                // An answer the server finished, refusing: nothing issued.
+                Err(e) if !status.is_success() => Err(e),
+                // A 2xx we cannot use may hold a rotated refresh token.
+                Err(e) => Err(spending.unknown(e)),
+            },
+            Err(SendError {
+                error,
+                never_sent: true,
+                ..
+            }) => Err(error),
+            Err(SendError {
+                error,
+                status: Some(status),
+                ..
+            }) if !status.is_success() => Err(error),
+            Err(SendError { error, .. }) => Err(spending.unknown(error)),
+        };
+        spending.refresh = None;
+        outcome
+    }
+}
+
+/// A refresh request in flight: records an unknown outcome if dropped
+/// before it is settled.
+struct Spending<'a> {
+    grant: &'a RefreshTokenGrant,
+    /// The refresh token being spent; `None` once the outcome is known.
+    refresh: Option<SecretString>,
+}
+
+impl Spending<'_> {
+    /// The server sent `new` in place of the token spent.
+    fn rotated(&mut self, new: SecretString) {
+        let mut slot = self.grant.slot();
+        // Only replace the token this fetch spent (a concurrent fetch
+        // through another cache, or `set_refresh_token`, may have
+        // replaced it already).
+        if self.refresh.as_ref() == Some(&slot.token) {
+            slot.token = new;
+            tracing::debug!("refresh token rotated");
         }
-        Ok(token)
+    }
+
+    /// The request may have spent the refresh token, its answer unread.
+    fn unknown(&mut self, cause: TokenError) -> TokenError {
+        let spent = self.refresh.take();
+        let mut slot = self.grant.slot();
+        if spent.as_ref() == Some(&slot.token) && slot.unknown.is_none() {
+            tracing::warn!(
+                error = %cause,
+                "refresh token request may have reached the server unanswered: \
+                 the refresh token is kept and not sent again"
+            );
+            slot.unknown = Some(cause.clone());
+        }
+        TokenError::refresh_outcome_unknown(cause)
+    }
+}
+
+impl Drop for Spending<'_> {
+    fn drop(&mut self) {
+        if self.refresh.is_some() {
+            // NOTE: dropped mid-request (a timeout, a runtime shutting
+            // down): the request may have arrived.
+            let _ = self.unknown(TokenError::closed());
+        }
     }
 }
 

@@ -121,7 +121,12 @@ pub trait ProvideToken: Send + Sync + 'static {
     /// # Errors
     ///
     /// A [`TokenError`]; say whether it is worth retrying with
-    /// [`TokenError::transient`] or [`TokenError::permanent`].
+    /// [`TokenError::transient`] or [`TokenError::permanent`]. A request
+    /// that spends something (a rotating refresh token, a one-time code)
+    /// must not be repeated once it may have reached the server: report
+    /// such a failure as permanent unless
+    /// [`parapet_core::request_never_sent`] proves it never left, as
+    /// [`RefreshTokenGrant`](crate::RefreshTokenGrant) does.
     fn fetch_token(&self) -> TokenFuture<'_>;
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // helpers outside #[test] fns
 
 use std::collections::{HashMap, HashSet};
+use std::error::Error as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -421,6 +422,161 @@ async fn the_refresh_grant_keeps_the_newest_refresh_token() {
             .body_text()
             .contains("client_id=app")
     );
+}
+
+/// A refresh-token grant starting from `r-0` against `server`'s `/token`.
+fn refresh_grant(server: &Server) -> Arc<RefreshTokenGrant> {
+    Arc::new(
+        RefreshTokenGrant::new(endpoint(server), "r-0")
+            .unwrap()
+            .client_id("app")
+            .unwrap(),
+    )
+}
+
+/// A cache that tries a fetch up to 3 times, with millisecond backoff.
+fn three_tries(provider: impl parapet_auth::ProvideToken) -> TokenCache {
+    TokenCache::builder(provider)
+        .fetch_attempts(3)
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .build()
+}
+
+/// Issue 15, must-fix 1: a refresh-token POST whose connection is reset
+/// after it arrived may have spent (and rotated) the refresh token: it is
+/// never sent again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_request_reset_after_it_arrived_reaches_the_server_once() {
+    let server = Server::start().await;
+    server.on("/token").reply(Reply::reset());
+    let grant = refresh_grant(&server);
+
+    let e = three_tries(Arc::clone(&grant)).token().await.unwrap_err();
+    assert!(e.is_refresh_outcome_unknown() && !e.is_transient(), "{e}");
+    assert!(e.to_string().contains("re-authorisation"), "{e}");
+    assert!(e.source().is_some(), "the transport failure is kept");
+    assert_eq!(server.hits("/token"), 1, "the refresh token was sent once");
+
+    // Another cache (no cool-down to wait out) gets the same answer
+    // without a request: the grant keeps the old token and reports it.
+    let e = three_tries(Arc::clone(&grant)).token().await.unwrap_err();
+    assert!(e.is_refresh_outcome_unknown(), "{e}");
+    assert_eq!(server.hits("/token"), 1);
+    assert!(grant.refresh_outcome_unknown());
+    assert_eq!(grant.refresh_token().expose(), "r-0");
+
+    // A refresh token given back (after a new authorisation) is used.
+    server.on("/token").reply(Reply::json(
+        r#"{"access_token":"a-1","token_type":"Bearer","refresh_token":"r-1"}"#,
+    ));
+    grant.set_refresh_token("r-new").unwrap();
+    assert!(!grant.refresh_outcome_unknown());
+    let t = three_tries(Arc::clone(&grant)).token().await.unwrap();
+    assert_eq!(t.secret().expose(), "a-1");
+    assert_eq!(grant.refresh_token().expose(), "r-1");
+    let seen = server.arrivals_for("/token");
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].body_text().contains("refresh_token=r-new"));
+}
+
+/// A refused connection proves the request never left: the refresh token
+/// was not spent, and the fetch is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_request_to_a_refused_port_is_retried() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/token", closed.local_addr().unwrap());
+    drop(closed);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let client = http();
+    let counted = service_fn(move |req: Request<ReplayBody>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        client.request(req)
+    });
+    let grant = Arc::new(
+        RefreshTokenGrant::new(TokenEndpoint::new(counted, &url).unwrap(), "r-0").unwrap(),
+    );
+
+    let e = three_tries(Arc::clone(&grant)).token().await.unwrap_err();
+    assert!(e.is_transport() && e.is_transient(), "{e}");
+    assert!(!e.is_refresh_outcome_unknown());
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "every attempt was made");
+    // Nothing was spent: a later fetch tries again.
+    let _ = three_tries(Arc::clone(&grant)).token().await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    assert!(!grant.refresh_outcome_unknown());
+}
+
+/// A client-credentials request spends nothing: one reset after it
+/// arrived is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_credentials_request_reset_after_it_arrived_is_retried() {
+    let server = Server::start().await;
+    server
+        .on("/token")
+        .fail_times(2, Reply::reset())
+        .then(Reply::json(
+            r#"{"access_token":"cc-1","token_type":"Bearer"}"#,
+        ));
+    let grant = ClientCredentialsGrant::new(endpoint(&server), "id", "secret").unwrap();
+    let t = three_tries(grant).token().await.unwrap();
+    assert_eq!(t.secret().expose(), "cc-1");
+    assert_eq!(server.hits("/token"), 3);
+}
+
+/// The answer arrived, but its body broke off: the server may have rotated
+/// the refresh token in it. The old one is kept and reported, never
+/// silently dropped or sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_answer_cut_off_keeps_the_old_refresh_token_and_says_so() {
+    let server = Server::start().await;
+    server.on("/token").reply(
+        Reply::reset_after_headers()
+            .header("content-type", "application/json")
+            .body(r#"{"access_token":"a-1","token_type":"Bearer","refresh_token":"r-1"}"#)
+            .truncate_body(20),
+    );
+    let grant = refresh_grant(&server);
+    let e = three_tries(Arc::clone(&grant)).token().await.unwrap_err();
+    assert!(e.is_refresh_outcome_unknown(), "{e}");
+    assert_eq!(server.hits("/token"), 1);
+    assert_eq!(grant.refresh_token().expose(), "r-0");
+    let _ = three_tries(Arc::clone(&grant)).token().await.unwrap_err();
+    assert_eq!(server.hits("/token"), 1);
+}
+
+/// A refresh that the cache's fetch timeout cut off may have arrived too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_cut_off_by_the_fetch_timeout_is_not_sent_again() {
+    let server = Server::start().await;
+    server.on("/token").reply(Reply::hang());
+    let grant = refresh_grant(&server);
+    let cache = TokenCache::builder(Arc::clone(&grant))
+        .fetch_timeout(Duration::from_millis(200))
+        .build();
+    assert!(cache.token().await.unwrap_err().is_timeout());
+    assert_eq!(server.hits("/token"), 1);
+    let e = three_tries(Arc::clone(&grant)).token().await.unwrap_err();
+    assert!(e.is_refresh_outcome_unknown(), "{e}");
+    assert_eq!(server.hits("/token"), 1);
+}
+
+/// An answer the server finished (an error status) is an outcome: the
+/// refresh token is kept for the next try, a 5xx is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_answered_with_503_is_retried() {
+    let server = Server::start().await;
+    server
+        .on("/token")
+        .fail_times(1, Reply::status(503))
+        .then(Reply::json(
+            r#"{"access_token":"a-1","token_type":"Bearer","refresh_token":"r-1"}"#,
+        ));
+    let grant = refresh_grant(&server);
+    let t = three_tries(Arc::clone(&grant)).token().await.unwrap();
+    assert_eq!(t.secret().expose(), "a-1");
+    assert_eq!(server.hits("/token"), 2);
+    assert_eq!(grant.refresh_token().expose(), "r-1");
 }
 
 #[tokio::test]
