@@ -450,7 +450,8 @@ impl ProvideToken for ClientCredentialsGrant {
 /// - **Anything else, once the request may have arrived**: a reset or
 ///   close after it was written, the cache's
 ///   [`fetch_timeout`](crate::TokenCacheBuilder::fetch_timeout) cutting
-///   it off, a 2xx answer whose body broke off, ran over
+///   it off (or its future dropped mid-request in any other way, say by a
+///   runtime shutting down), a 2xx answer whose body broke off, ran over
 ///   [`max_response_bytes`](TokenEndpoint::max_response_bytes) or cannot be
 ///   parsed. The answer may have carried a rotated refresh token that we
 ///   never read: it is lost, and the one we hold may be spent. The grant
