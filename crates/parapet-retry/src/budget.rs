@@ -23,18 +23,26 @@ use tokio::time::Instant;
 /// (default 10 s, in ten slots). A retry is allowed when, over the window,
 ///
 /// ```text
-/// retries + 1 <= max(percent/100 × calls, min_per_second × seconds the window has been open)
+/// retries + 1 <= max(percent/100 × calls, floor)
+/// floor = min_per_second × min(⌊s⌋ + 1, window in whole seconds)
 /// ```
 ///
+/// where `s` is the time in seconds since the budget first saw the host (its
+/// first call, or a retry weighed for a host it had forgotten).
+///
 /// The floor is a minimum, not an addition, and it builds up second by
-/// second from the first call to a host (it is not granted a whole window
-/// ahead): in a total outage of `n` calls over `t` seconds a host sees at
-/// most `n + max(percent/100 × n, min_per_second × ⌈t⌉)` requests, which is
-/// within `(1 + percent/100) × n + min_per_second × t` whenever the share
-/// is the larger, as it is for any busy client. (Finagle and tower add the
-/// two and grant the floor's whole window at once, which lets a client that
-/// has just started send `min_per_second × window` retries in its first
-/// second.)
+/// second (it is not granted a whole window ahead): a host the budget has
+/// just met may retry `min_per_second` times at once (one second's worth),
+/// `min_per_second` more in each second after that, and once the window has
+/// been open for its whole length, `min_per_second × window` over the
+/// window, whatever the window's length. In a total outage of `n` calls
+/// over the first `t` seconds (up to the window) a host sees at most
+/// `n + max(percent/100 × n, min_per_second × (⌊t⌋ + 1))` requests.
+/// (Finagle and tower add the two and grant the floor's whole window at
+/// once, which lets a client that has just started send
+/// `min_per_second × window` retries in its first second.) A host known
+/// for a whole window or more that then idles finds the window's whole
+/// floor there when it is called again.
 ///
 /// The budget is shared by every clone of the service and by every service
 /// one [`RetryLayer`](crate::RetryLayer) makes, and kept per host (the URI's
@@ -85,7 +93,9 @@ impl RetryBudget {
         self
     }
 
-    /// Retries per second allowed whatever the share. Default: 10.
+    /// Retries per second allowed whatever the share: one second's worth at
+    /// once, as much again each second, up to a window's worth (see above).
+    /// Default: 10.
     #[must_use]
     pub const fn min_per_second(mut self, retries: u32) -> Self {
         self.min_per_second = retries;
@@ -169,8 +179,11 @@ pub(crate) struct Budgets {
     slot_nanos: u64,
     /// Milli-retries one call deposits: `percent × 10`.
     deposit: u64,
-    /// Milli-retries the floor adds per slot.
-    floor_per_slot: u64,
+    /// Milli-retries the floor adds per second: `min_per_second × 1000`.
+    floor_per_second: u64,
+    /// The most seconds' worth of floor: the window, in whole seconds
+    /// (at least 1).
+    floor_seconds: u64,
     /// Looked up by `&str` (no key is allocated but a new host's), with a
     /// fast non-cryptographic hash: the table is bounded by `max_hosts`, so
     /// even hosts chosen to collide cost a bounded scan, not a blow-up.
@@ -248,8 +261,9 @@ pub(crate) struct Host {
     /// Set when the entry leaves the table: a service that kept it looks
     /// the host up again.
     evicted: AtomicBool,
-    /// The slot of the first call, from which the floor builds up.
-    first: u64,
+    /// When the budget first saw the host, in nanoseconds from `origin`:
+    /// the floor builds up from there.
+    opened: u64,
     last_used: AtomicU64,
     calls: [Counter; SLOTS],
     retries: [Counter; SLOTS],
@@ -258,12 +272,12 @@ pub(crate) struct Host {
 }
 
 impl Host {
-    fn new(name: &str, first: u64) -> Self {
+    fn new(name: &str, index: u64, opened: u64) -> Self {
         Self {
             name: name.into(),
             evicted: AtomicBool::new(false),
-            first,
-            last_used: AtomicU64::new(first),
+            opened,
+            last_used: AtomicU64::new(index),
             calls: Default::default(),
             retries: Default::default(),
             withdrawing: Mutex::new(()),
@@ -321,7 +335,6 @@ impl std::fmt::Debug for Budgets {
 impl Budgets {
     pub(crate) fn new(config: RetryBudget) -> Self {
         let slot_len = config.window / u32::try_from(SLOTS).unwrap_or(10);
-        let slot_ms = u64::try_from(slot_len.as_millis()).unwrap_or(u64::MAX);
         Self {
             config,
             origin: Instant::now(),
@@ -329,21 +342,26 @@ impl Budgets {
                 .unwrap_or(u64::MAX)
                 .max(1),
             deposit: u64::from(config.percent) * 10,
-            floor_per_slot: u64::from(config.min_per_second).saturating_mul(slot_ms),
+            floor_per_second: u64::from(config.min_per_second).saturating_mul(1000),
+            floor_seconds: config.window.as_secs().max(1),
             hosts: RwLock::new(HashMap::default()),
         }
     }
 
     #[inline]
     fn slot_index(&self, now: Instant) -> u64 {
-        // In `u64` nanoseconds (584 years): a 128-bit division costs more
-        // than the rest of the bookkeeping.
+        self.nanos(now) / self.slot_nanos
+    }
+
+    /// Nanoseconds since `origin`, in a `u64` (584 years): a 128-bit
+    /// division costs more than the rest of the bookkeeping.
+    #[inline]
+    fn nanos(&self, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.origin);
-        let nanos = elapsed
+        elapsed
             .as_secs()
             .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(elapsed.subsec_nanos()));
-        nanos / self.slot_nanos
+            .saturating_add(u64::from(elapsed.subsec_nanos()))
     }
 
     /// Counts a call to `host`. `last` is the caller's memory of the host
@@ -359,20 +377,20 @@ impl Budgets {
                 return;
             }
         }
-        self.deposit_looked_up(last, host, index);
+        self.deposit_looked_up(last, host, index, now);
     }
 
     /// Counts a call to a host `last` keeps no entry for, and keeps the
     /// entry when the call before went to the same host.
     #[cold]
-    fn deposit_looked_up(&self, last: &mut LastHost, host: &str, index: u64) {
+    fn deposit_looked_up(&self, last: &mut LastHost, host: &str, index: u64, now: Instant) {
         let hash = {
             let mut hasher = HostHasher::default();
             hasher.write(host.as_bytes());
             hasher.finish()
         };
         let keep = std::mem::replace(&mut last.looked_up, hash) == hash;
-        let entry = self.find_and_count(host, index, keep);
+        let entry = self.find_and_count(host, index, now, keep);
         if entry.is_some() {
             last.entry = entry;
         }
@@ -380,7 +398,13 @@ impl Budgets {
 
     /// Counts a call to `host`, adding it to the table if needed; its entry
     /// if `keep`.
-    fn find_and_count(&self, host: &str, index: u64, keep: bool) -> Option<Arc<Host>> {
+    fn find_and_count(
+        &self,
+        host: &str,
+        index: u64,
+        now: Instant,
+        keep: bool,
+    ) -> Option<Arc<Host>> {
         {
             let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(h) = hosts.get(host) {
@@ -388,11 +412,18 @@ impl Budgets {
                 return keep.then(|| Arc::clone(h));
             }
         }
+        let h = self.add(host, index, now);
+        h.count_call(index);
+        keep.then_some(h)
+    }
+
+    /// The entry of `host`, added to the table if it is not there (another
+    /// call may have added it since the caller looked).
+    #[cold]
+    fn add(&self, host: &str, index: u64, now: Instant) -> Arc<Host> {
         let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(h) = hosts.get(host) {
-            // Added by another call meanwhile.
-            h.count_call(index);
-            return keep.then(|| Arc::clone(h));
+            return Arc::clone(h);
         }
         if hosts.len() >= self.config.max_hosts {
             // NOTE: only when a new host arrives at a full table: one scan.
@@ -404,30 +435,33 @@ impl Budgets {
                 gone.evicted.store(true, Relaxed);
             }
         }
-        let h = Arc::new(Host::new(host, index));
-        h.count_call(index);
-        let entry = keep.then(|| Arc::clone(&h));
-        hosts.insert(host.into(), h);
-        entry
+        let h = Arc::new(Host::new(host, index, self.nanos(now)));
+        hosts.insert(host.into(), Arc::clone(&h));
+        h
     }
 
     /// Spends one retry for `host` if the budget allows it.
     pub(crate) fn withdraw(&self, host: &str, now: Instant) -> bool {
         let index = self.slot_index(now);
-        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(h) = hosts.get(host) else {
-            // Forgotten (evicted) since the call was counted: no history,
-            // so only the floor of one slot.
-            return self.floor_per_slot >= 1000;
-        };
+        let found = self
+            .hosts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(host)
+            .map(Arc::clone);
+        // A host forgotten (evicted) since its call was counted starts again
+        // with no history: one second's floor, counted like any other.
+        let h = found.unwrap_or_else(|| self.add(host, index, now));
         // Calls counted meanwhile only raise the allowance; retries are
         // weighed and spent one at a time.
         let _one_at_a_time = h.withdrawing.lock().unwrap_or_else(PoisonError::into_inner);
         let (calls, retries) = h.window_totals(index);
-        let open_slots = (index.saturating_sub(h.first) + 1).min(SLOTS as u64);
+        let open_seconds = (self.nanos(now).saturating_sub(h.opened) / 1_000_000_000)
+            .saturating_add(1)
+            .min(self.floor_seconds);
         let allowance = calls
             .saturating_mul(self.deposit)
-            .max(self.floor_per_slot.saturating_mul(open_slots));
+            .max(self.floor_per_second.saturating_mul(open_seconds));
         if retries.saturating_add(1).saturating_mul(1000) > allowance {
             return false;
         }
@@ -492,6 +526,74 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         b.deposit(&mut LastHost::default(), "q", Instant::now());
         assert_eq!(retries_allowed(&b, "q", Instant::now()), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_builds_up_second_by_second_whatever_the_window() {
+        for window in [1, 10, 3600] {
+            let b = Budgets::new(
+                RetryBudget::new()
+                    .percent(20)
+                    .min_per_second(10)
+                    .window(Duration::from_secs(window)),
+            );
+            let start = Instant::now();
+            // A host's first call: one second's worth of floor, 10, at once
+            // (the call's own share, 0.2, is below it).
+            b.deposit(&mut LastHost::default(), "h", start);
+            assert_eq!(retries_allowed(&b, "h", start), 10, "window {window} s");
+            // Half a second on: still the first second.
+            let at = start + Duration::from_millis(500);
+            assert_eq!(retries_allowed(&b, "h", at), 0, "window {window} s");
+            // k seconds on: (k + 1) seconds' worth in all, up to the window's.
+            for k in [1u64, 2, 9, 10, 11, 3599, 3600, 3601] {
+                tokio::time::advance(Duration::from_secs(k) - start.elapsed()).await;
+                let now = Instant::now();
+                let spent = retries_allowed(&b, "h", now);
+                // What the window holds now, including what was spent earlier.
+                let (_, in_window) = b.hosts.read().unwrap()["h"].window_totals(b.slot_index(now));
+                assert_eq!(
+                    in_window,
+                    10 * (k + 1).min(window),
+                    "window {window} s, {k} s on ({spent} granted now)"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_host_gets_one_seconds_floor_too() {
+        // A retry weighed for a host with no call counted (evicted since).
+        let b = Budgets::new(
+            RetryBudget::new()
+                .min_per_second(10)
+                .window(Duration::from_secs(3600)),
+        );
+        assert_eq!(retries_allowed(&b, "gone", Instant::now()), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_share_still_applies_with_a_long_window() {
+        let b = Budgets::new(
+            RetryBudget::new()
+                .percent(20)
+                .min_per_second(10)
+                .window(Duration::from_secs(3600)),
+        );
+        let now = Instant::now();
+        let mut last = LastHost::default();
+        for _ in 0..1000 {
+            b.deposit(&mut last, "h", now);
+        }
+        // 20 % of 1000 calls is above the floor of one second (10).
+        assert_eq!(retries_allowed(&b, "h", now), 200);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..4000 {
+            b.deposit(&mut last, "h", Instant::now());
+        }
+        // 5000 calls in the window: 1000 in all (above the floor of 61
+        // seconds, 610), 200 spent.
+        assert_eq!(retries_allowed(&b, "h", Instant::now()), 800);
     }
 
     #[tokio::test(start_paused = true)]
