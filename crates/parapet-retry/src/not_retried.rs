@@ -11,8 +11,16 @@ use http::Extensions;
 /// attempt, carries none. Errors carry none either: the inner service's
 /// error is returned as it is, so that it can still be downcast.
 ///
-/// The `parapet` facade reads it to turn, say, a 503 whose `Retry-After`
-/// was too long into an error that carries the wait.
+/// Nothing turns such a response into an error: it comes back as it is
+/// (status, headers, body), with this extension saying why it was not
+/// retried. The `parapet` facade does not read it either; it hands the
+/// response on, and the extension stays on it
+/// (`parapet::retry::NotRetried::get(response.extensions())`). To act on
+/// the server's wait, read the response's `Retry-After` header (or
+/// [`retry_after`](Self::retry_after) here), or, with the facade, call
+/// `error_for_status()` and read `parapet::Error::retry_after()` (which
+/// the facade works out from the headers itself, and clamps: see its
+/// docs).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
