@@ -116,6 +116,9 @@ pub(crate) struct RetryState {
     body: Result<ReplayBody, ReplayError>,
     /// The number of the attempt in flight, from 1.
     pub(crate) attempt: u32,
+    /// The most attempts of this call: the policy's, or the request's
+    /// [`MaxAttempts`](crate::MaxAttempts).
+    max: u32,
     /// When the call began, if `max_elapsed` (or the budget) needed it.
     started: Option<Instant>,
     previous_delay: Duration,
@@ -128,7 +131,11 @@ impl RetryState {
     /// URI and the method are shared by reference count, not copied; an
     /// empty `Extensions` copies for free).
     #[inline]
-    pub(crate) fn boxed(head: &Request<ReplayBody>, started: Option<Instant>) -> Box<Self> {
+    pub(crate) fn boxed(
+        head: &Request<ReplayBody>,
+        started: Option<Instant>,
+        max: u32,
+    ) -> Box<Self> {
         // Made of constants first, so that it is written in the box itself,
         // then filled in place: a state built on the stack and moved into
         // the box would be copied whole (about 550 bytes).
@@ -143,6 +150,7 @@ impl RetryState {
             extensions: Extensions::new(),
             body: Ok(ReplayBody::empty()),
             attempt: 1,
+            max,
             started,
             previous_delay: Duration::ZERO,
         });
@@ -177,7 +185,7 @@ impl RetryState {
 
     /// The request for the next attempt (after
     /// [`restore_headers`](Self::restore_headers)).
-    fn request(&self, body: ReplayBody, max: u32) -> Request<ReplayBody> {
+    fn request(&self, body: ReplayBody) -> Request<ReplayBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         if let Some(uri) = &self.uri {
@@ -188,7 +196,7 @@ impl RetryState {
             req.headers_mut().clone_from(map);
         }
         *req.extensions_mut() = self.extensions.clone();
-        req.extensions_mut().insert(Attempt::new(self.attempt, max));
+        req.extensions_mut().insert(Attempt::new(self.attempt, self.max));
         req
     }
 }
@@ -477,7 +485,7 @@ impl<S> Call<S> {
             tracing::debug!(%method, host, attempt, %reason, error = error.map(tracing::field::display), "not retrying: the request is not idempotent");
             return stop(NotRetriedReason::NotIdempotent);
         }
-        if attempt >= policy.max_attempts {
+        if attempt >= rs.max {
             tracing::debug!(%method, host, attempt, %reason, error = error.map(tracing::field::display), "not retrying: no attempts left");
             return stop(NotRetriedReason::NoAttemptsLeft);
         }
@@ -550,7 +558,7 @@ impl<S> Call<S> {
             delay_source = source,
             "retrying request"
         );
-        let request = rs.request(body, policy.max_attempts);
+        let request = rs.request(body);
         let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
         Ok((at, request))
     }
@@ -841,6 +849,71 @@ mod tests {
         req.extensions_mut().insert(Attempt::new(3, 4));
         send(plain().max_attempts(1), &stub, req).await.unwrap();
         assert_eq!(stub.seen()[0].attempt, Some(Attempt::new(1, 1)));
+    }
+
+    fn with_max(mut req: Request<ReplayBody>, max: u32) -> Request<ReplayBody> {
+        req.extensions_mut().insert(crate::MaxAttempts(max));
+        req
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_s_max_attempts_replaces_the_policy_s() {
+        // More than the policy allows, and every retry says so.
+        let stub = Stub::statuses(&[503]);
+        let res = send(plain(), &stub, with_max(get(), 5)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let attempts: Vec<_> = stub.seen().iter().map(|s| s.attempt).collect();
+        let expected: Vec<_> = (1..=5)
+            .map(|n| (n > 1).then(|| Attempt::new(n, 5)))
+            .collect();
+        assert_eq!(attempts, expected);
+        assert_eq!(why(&res), Some((NotRetriedReason::NoAttemptsLeft, 5, None)));
+
+        // Fewer; the backoff is the policy's.
+        let stub = Stub::statuses(&[503]);
+        send(plain(), &stub, with_max(get(), 2)).await.unwrap();
+        assert_eq!(stub.seen().len(), 2);
+        assert_eq!(stub.gaps(), [100 * MS]);
+
+        // More than a policy of one attempt.
+        let stub = Stub::statuses(&[503, 200]);
+        let policy = plain().max_attempts(1);
+        let res = send(policy, &stub, with_max(get(), 2)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(stub.seen().len(), 2);
+
+        // 1, and 0 taken as 1: no retry.
+        for max in [1, 0] {
+            let stub = Stub::statuses(&[503, 200]);
+            let res = send(plain(), &stub, with_max(get(), max)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(stub.seen().len(), 1);
+            assert_eq!(stub.seen()[0].attempt, None);
+        }
+
+        // An outer layer's `Attempt` is replaced by one with this maximum.
+        let stub = Stub::statuses(&[200]);
+        let mut req = with_max(get(), 4);
+        req.extensions_mut().insert(Attempt::new(3, 9));
+        send(plain(), &stub, req).await.unwrap();
+        assert_eq!(stub.seen()[0].attempt, Some(Attempt::new(1, 4)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_s_max_attempts_leaves_idempotency_and_budget_alone() {
+        let stub = Stub::statuses(&[503]);
+        let post = with_max(post("{}"), 5);
+        send(plain(), &stub, post).await.unwrap();
+        assert_eq!(stub.seen().len(), 1);
+
+        let stub = Stub::statuses(&[503]);
+        let policy = plain().budget(RetryBudget::new().percent(0).min_per_second(0));
+        let res = send(policy, &stub, with_max(get(), 5)).await.unwrap();
+        assert_eq!(stub.seen().len(), 1);
+        assert_eq!(
+            why(&res),
+            Some((NotRetriedReason::BudgetExhausted, 1, None))
+        );
     }
 
     #[tokio::test(start_paused = true)]

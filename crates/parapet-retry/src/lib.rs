@@ -49,7 +49,8 @@
 //!   a status list ([`RetryPolicyBuilder::retry_on`]) and a classifier
 //!   ([`RetryPolicyBuilder::classify`]) that sees the method, URI, status,
 //!   headers and error.
-//! - **How often**: 3 attempts in all by default, and optionally no retry
+//! - **How often**: 3 attempts in all by default (a request's
+//!   [`MaxAttempts`] extension sets its own), and optionally no retry
 //!   that would start more than [`max_elapsed`](RetryPolicyBuilder::max_elapsed)
 //!   after the call began, whichever comes first.
 //! - **When**: after an exponential backoff (base 100 ms, factor 2, cap 20 s,
@@ -199,6 +200,7 @@ mod backoff;
 mod budget;
 mod future;
 mod layer;
+mod max_attempts;
 mod never_sent;
 mod not_retried;
 mod policy;
@@ -208,6 +210,7 @@ pub use backoff::BackoffJitter;
 pub use budget::RetryBudget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
+pub use max_attempts::MaxAttempts;
 pub use not_retried::{NotRetried, NotRetriedReason};
 pub use parapet_core::request_never_sent;
 pub use policy::{

@@ -11,6 +11,7 @@ use tower_service::Service;
 use crate::budget::LastHost;
 use crate::future::{Call, ResponseFuture, RetryState, host_of};
 use crate::layer::{RetryLayer, Shared};
+use crate::max_attempts::MaxAttempts;
 use crate::policy::RetryPolicy;
 
 /// Retries transient failures of the inner service; see the
@@ -90,7 +91,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        let max = shared.policy.max_attempts;
+        // A per-request `MaxAttempts` replaces the policy's count (reading
+        // an empty `Extensions` is one pointer test).
+        let max = MaxAttempts::get(req.extensions())
+            .map_or(shared.policy.max_attempts, MaxAttempts::attempts);
         let mut req = req.map(|body| ReplayBody::new(body, shared.policy.replay_cap));
         let (retry, now) = if max > 1 {
             // The time is needed by the budget and by `max_elapsed` only:
@@ -103,7 +107,7 @@ where
             }
             // NOTE: the one copy of the request head a call makes (the inner
             // service consumes the request; a retry sends a copy).
-            (Some(RetryState::boxed(&req, now)), now)
+            (Some(RetryState::boxed(&req, now, max)), now)
         } else {
             (None, None)
         };
