@@ -29,6 +29,10 @@ pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 ///   copy). Past the cap the recording is dropped, the attempt in flight
 ///   streams on unaffected, and [`try_replay`](Self::try_replay) is refused
 ///   with [`ReplayError::too_large`](ReplayError::is_too_large).
+/// - A body that can be made again from its source ([`ReplayBody::reopen`]:
+///   a file opened anew, a request re-issued) keeps nothing: each replay
+///   calls the factory for a fresh body, so it has no cap. A replay whose
+///   source fails to open fails as a body error of that attempt.
 /// - [`ReplayBody::new`] given a `ReplayBody` returns it as it is, so layers
 ///   that each may need a replay share one recording per call: the outermost
 ///   arms it, the inner ones reuse it.
@@ -103,6 +107,76 @@ enum Kind {
     Empty,
     Full(Option<Bytes>, Bytes),
     Shared(Handle),
+    // NOTE: boxed so that the other kinds (every default call) stay the
+    // size they were.
+    Reopen(Box<Reopen>),
+}
+
+/// Makes a fresh body from the source, for [`ReplayBody::reopen`].
+type Factory = Arc<dyn Fn() -> UnsyncBoxBody<Bytes, BoxError> + Send + Sync>;
+
+/// A handle on a body made again from its source for every replay.
+struct Reopen {
+    open: Factory,
+    /// The length each body made by `open` has, when known.
+    len: Option<u64>,
+    /// This handle's body, made on its first poll. In a `Mutex` only so
+    /// that `ReplayBody` stays `Sync`: one handle is polled by one task.
+    body: Mutex<Option<UnsyncBoxBody<Bytes, BoxError>>>,
+    /// Data bytes this handle has yielded.
+    sent: u64,
+    done: bool,
+}
+
+impl Reopen {
+    fn handle(open: Factory, len: Option<u64>) -> Self {
+        Self {
+            open,
+            len,
+            body: Mutex::new(None),
+            sent: 0,
+            done: false,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let body = self
+            .body
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| (self.open)());
+        let polled = Pin::new(body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None | Some(Err(_))) => {
+                self.done = true;
+                // The file (or whatever the source holds) is released now,
+                // not when the request is dropped.
+                *self.body.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent = self.sent.saturating_add(data.len() as u64);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if let Some(len) = self.len {
+            return SizeHint::with_exact(len.saturating_sub(self.sent));
+        }
+        if self.done {
+            return SizeHint::with_exact(0);
+        }
+        lock(&self.body)
+            .as_ref()
+            .map_or_else(SizeHint::new, Body::size_hint)
+    }
 }
 
 struct Handle {
@@ -294,6 +368,50 @@ impl ReplayBody {
         }
     }
 
+    /// A body made again from its source for every replay: `open` is
+    /// called for the body of the first attempt, and again for each replay,
+    /// each time on the handle's first poll (a replay that is never sent
+    /// opens nothing). Nothing is kept in memory, so there is no cap and
+    /// [`try_replay`](Self::try_replay) always succeeds.
+    ///
+    /// `len` is the length of every body `open` makes, when it is known (a
+    /// file's length from its metadata): the size hint says it exactly, so
+    /// the request carries a `Content-Length`. A body that turns out
+    /// longer or shorter fails that attempt (hyper refuses to send it) rather
+    /// than send something else than was announced.
+    ///
+    /// A source that cannot be opened again (a file removed since) should
+    /// make a body whose first frame is the error: it is a body error of
+    /// that attempt, as any failing body is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::{BodyExt, Full};
+    /// use parapet_core::ReplayBody;
+    ///
+    /// // Stands for a file opened again for every attempt.
+    /// let first = ReplayBody::reopen(Some(5), || Full::new(Bytes::from_static(b"hello")));
+    /// assert_eq!(first.size_hint().exact(), Some(5));
+    /// let again = first.try_replay().unwrap();
+    /// assert_eq!(first.collect().await.unwrap().to_bytes(), "hello");
+    /// assert_eq!(again.collect().await.unwrap().to_bytes(), "hello");
+    /// # }
+    /// ```
+    pub fn reopen<F, B>(len: Option<u64>, open: F) -> Self
+    where
+        F: Fn() -> B + Send + Sync + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let open: Factory = Arc::new(move || ToBytes { inner: open() }.boxed_unsync());
+        Self {
+            kind: Kind::Reopen(Box::new(Reopen::handle(open, len))),
+        }
+    }
+
     /// An empty body.
     #[must_use]
     pub const fn empty() -> Self {
@@ -358,6 +476,9 @@ impl ReplayBody {
                     }),
                 })
             }
+            Kind::Reopen(r) => Ok(Self {
+                kind: Kind::Reopen(Box::new(Reopen::handle(Arc::clone(&r.open), r.len))),
+            }),
         }
     }
 
@@ -370,7 +491,7 @@ impl ReplayBody {
     #[must_use]
     pub fn can_replay(&self) -> bool {
         match &self.kind {
-            Kind::Empty | Kind::Full(..) => true,
+            Kind::Empty | Kind::Full(..) | Kind::Reopen(_) => true,
             Kind::Shared(h) => lock(&h.state).replay_error().is_none(),
         }
     }
@@ -595,6 +716,7 @@ impl Body for ReplayBody {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(next, _) => Poll::Ready(next.take().map(|b| Ok(Frame::data(b)))),
             Kind::Shared(h) => h.poll_frame(cx),
+            Kind::Reopen(r) => r.poll_frame(cx),
         }
     }
 
@@ -603,6 +725,7 @@ impl Body for ReplayBody {
             Kind::Empty | Kind::Full(None, _) => true,
             Kind::Full(Some(_), _) => false,
             Kind::Shared(h) => h.is_end_stream(),
+            Kind::Reopen(r) => r.done,
         }
     }
 
@@ -611,6 +734,7 @@ impl Body for ReplayBody {
             Kind::Empty | Kind::Full(None, _) => SizeHint::with_exact(0),
             Kind::Full(Some(b), _) => SizeHint::with_exact(b.len() as u64),
             Kind::Shared(h) => h.size_hint(),
+            Kind::Reopen(r) => r.size_hint(),
         }
     }
 }
@@ -662,6 +786,11 @@ impl fmt::Debug for ReplayBody {
                     .field("replayable", &state.replay_error().is_none())
                     .finish()
             }
+            Kind::Reopen(r) => f
+                .debug_struct("ReplayBody::Reopen")
+                .field("len", &r.len)
+                .field("sent", &r.sent)
+                .finish(),
         }
     }
 }
@@ -1193,6 +1322,122 @@ mod tests {
         assert!(err.is_too_large());
         assert!(!err.is_superseded());
         assert_eq!(err.cap(), Some(8));
+    }
+
+    /// A source opened again for every replay, counting its openings; it
+    /// fails to open once `gone` is set.
+    #[derive(Clone, Default)]
+    struct Source {
+        opened: Arc<std::sync::atomic::AtomicUsize>,
+        gone: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Source {
+        fn body(&self) -> ReplayBody {
+            let source = self.clone();
+            ReplayBody::reopen(Some(5), move || {
+                source
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut s = script(&["ab", "cde"], false);
+                if source.gone.load(std::sync::atomic::Ordering::SeqCst) {
+                    s.frames = VecDeque::from([Err("no such file")]);
+                }
+                s
+            })
+        }
+
+        fn opened(&self) -> usize {
+            self.opened.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reopened_body_is_made_again_for_every_replay_and_only_when_read() {
+        let source = Source::default();
+        let first = source.body();
+        let keeper = first.try_replay().unwrap();
+        assert_eq!(
+            source.opened(),
+            0,
+            "nothing is opened before the first poll"
+        );
+        assert_eq!(data_frames(first).await.unwrap(), ["ab", "cde"]);
+        assert_eq!(source.opened(), 1);
+        let again = keeper.try_replay().unwrap();
+        assert_eq!(data_frames(again).await.unwrap(), ["ab", "cde"]);
+        assert_eq!(source.opened(), 2);
+        assert!(keeper.can_replay());
+        drop(keeper);
+        assert_eq!(source.opened(), 2, "a replay never sent opens nothing");
+    }
+
+    #[tokio::test]
+    async fn a_reopened_body_has_no_cap() {
+        let big = Bytes::from(vec![1u8; 1 << 20]);
+        let source = big.clone();
+        let first = ReplayBody::reopen(Some(1 << 20), move || Full::new(source.clone()));
+        let keeper = first.try_replay().unwrap();
+        assert_eq!(first.collect().await.unwrap().to_bytes(), big);
+        let again = keeper
+            .try_replay()
+            .expect("nothing was recorded, nothing overflowed");
+        assert_eq!(again.collect().await.unwrap().to_bytes(), big);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_body_says_its_length_and_its_end() {
+        let mut body = Source::default().body();
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(body.size_hint().exact(), Some(3));
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(body.frame().await.is_none());
+        assert!(body.is_end_stream());
+        let unknown = ReplayBody::reopen(None, || script(&["a"], false));
+        assert_eq!(unknown.size_hint().upper(), None);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_fails_to_reopen_fails_that_attempt_only() {
+        let source = Source::default();
+        let first = source.body();
+        let keeper = first.try_replay().unwrap();
+        data_frames(first).await.unwrap();
+        source.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut again = keeper.try_replay().unwrap();
+        let err = again.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "no such file");
+        assert!(again.frame().await.is_none());
+        assert!(again.is_end_stream());
+        // The next replay tries the source again.
+        source
+            .gone
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let last = keeper.try_replay().unwrap();
+        assert_eq!(data_frames(last).await.unwrap(), ["ab", "cde"]);
+    }
+
+    #[test]
+    fn replay_bodies_stay_send_and_sync_and_small() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<ReplayBody>();
+        // The bytes in memory and their replay, plus the tag.
+        assert!(
+            size_of::<ReplayBody>() <= size_of::<(Option<Bytes>, Bytes)>() + size_of::<usize>(),
+            "the reopened kind is boxed: the others keep their size"
+        );
+    }
+
+    #[tokio::test]
+    async fn debug_of_a_reopened_body_shows_its_length_only() {
+        let body = Source::default().body();
+        assert_eq!(
+            format!("{body:?}"),
+            "ReplayBody::Reopen { len: Some(5), sent: 0 }"
+        );
     }
 
     proptest! {
