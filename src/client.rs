@@ -246,8 +246,70 @@ impl Client {
         }
         Ok(Request::from_parts(
             parts,
-            ReplayBody::new(body, self.shared.replay_cap),
+            into_replay(body, self.shared.replay_cap),
         ))
+    }
+}
+
+/// A request body as a [`ReplayBody`]. Bodies whose bytes are already in
+/// memory (`ReplayBody`, `Full<Bytes>`, `Bytes`, `String`, `Vec<u8>`,
+/// `&'static str`, `Empty<Bytes>`) stay replayable whatever their size, as
+/// they do through the convenience API: keeping them costs nothing more.
+/// Any other body is streamed and kept up to `cap` bytes for a re-send.
+fn into_replay<B>(body: B, cap: usize) -> ReplayBody
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut slot = Some(body);
+    let any: &mut dyn std::any::Any = &mut slot;
+    if let Some(replay) = any
+        .downcast_mut::<Option<ReplayBody>>()
+        .and_then(Option::take)
+    {
+        return replay;
+    }
+    if let Some(full) = any
+        .downcast_mut::<Option<http_body_util::Full<Bytes>>>()
+        .and_then(Option::take)
+    {
+        return ReplayBody::from_bytes(full_bytes(full));
+    }
+    if let Some(bytes) = any.downcast_mut::<Option<Bytes>>().and_then(Option::take) {
+        return ReplayBody::from_bytes(bytes);
+    }
+    if let Some(s) = any.downcast_mut::<Option<String>>().and_then(Option::take) {
+        return ReplayBody::from_bytes(Bytes::from(s));
+    }
+    if let Some(v) = any.downcast_mut::<Option<Vec<u8>>>().and_then(Option::take) {
+        return ReplayBody::from_bytes(Bytes::from(v));
+    }
+    if let Some(s) = any
+        .downcast_mut::<Option<&'static str>>()
+        .and_then(Option::take)
+    {
+        return ReplayBody::from_bytes(Bytes::from_static(s.as_bytes()));
+    }
+    if any
+        .downcast_mut::<Option<http_body_util::Empty<Bytes>>>()
+        .is_some()
+    {
+        return ReplayBody::empty();
+    }
+    match slot {
+        Some(body) => ReplayBody::new(body, cap),
+        None => ReplayBody::empty(),
+    }
+}
+
+/// The bytes of a `Full` body: it yields them all in its first frame,
+/// without waiting.
+fn full_bytes(mut full: http_body_util::Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
     }
 }
 
@@ -626,8 +688,10 @@ impl RequestBuilder {
         } = self;
         let (parts, ()) = parts?.into_parts();
         let req = client.prepare(Request::from_parts(parts, body))?;
+        let url = req.uri().clone();
+        let started = tokio::time::Instant::now();
         match client.shared.stack.call(req).await {
-            Ok(resp) => Ok(Response::new(resp)),
+            Ok(resp) => Ok(Response::new(resp, url, started.elapsed())),
             Err(e) => Err(crate::classify::classify(e)),
         }
     }

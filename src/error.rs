@@ -90,7 +90,7 @@ impl Error {
         status: StatusCode,
         headers: HeaderMap,
         retry_after: Option<Duration>,
-        snippet: Bytes,
+        snippet: Option<Bytes>,
         rate_limited: bool,
     ) -> Self {
         let mut e = Self::new(Kind::Status, None);
@@ -98,7 +98,7 @@ impl Error {
         e.inner.status = Some(status);
         e.inner.headers = Some(headers);
         e.inner.retry_after = retry_after.map(clamp_wait);
-        e.inner.snippet = Some(snippet);
+        e.inner.snippet = snippet;
         e
     }
 
@@ -228,7 +228,9 @@ impl Error {
     }
 
     /// The first bytes of the response body (at most 1 KiB), for status
-    /// errors.
+    /// errors made by [`Response::error_for_status`](crate::Response::error_for_status)
+    /// (`None` from [`error_for_status_ref`](crate::Response::error_for_status_ref),
+    /// which leaves the body unread).
     #[must_use]
     pub fn body_snippet(&self) -> Option<&[u8]> {
         self.inner.snippet.as_deref()

@@ -52,6 +52,7 @@
 //!   deadline-caused timeouts are never retried ([`retry_classifier`]):
 //!   they already waited all they were allowed to.
 
+mod attempts;
 mod body;
 mod builder;
 mod classify;

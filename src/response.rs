@@ -1,9 +1,11 @@
 //! A response with convenient, bounded ways to read it.
 
-use std::time::SystemTime;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode, Version};
+use http::{HeaderMap, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpInfo;
 use serde::de::DeserializeOwned;
 
 use crate::body::{self, Body, BytesStream, NdjsonStream};
@@ -28,11 +30,74 @@ const MAX_NDJSON_LINE: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct Response {
     inner: http::Response<Body>,
+    url: Uri,
+    elapsed: Duration,
 }
 
 impl Response {
-    pub(crate) fn new(inner: http::Response<Body>) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: http::Response<Body>, url: Uri, elapsed: Duration) -> Self {
+        Self {
+            inner,
+            url,
+            elapsed,
+        }
+    }
+
+    /// The URL that answered: the request's, resolved against the base URL,
+    /// or the last one a redirect led to. Its user info, if the request had
+    /// any, was moved into an `Authorization` header before sending and is
+    /// not here.
+    #[must_use]
+    pub fn url(&self) -> &Uri {
+        self.inner
+            .extensions()
+            .get::<tower_http::follow_redirect::RequestUri>()
+            .map_or(&self.url, |f| &f.0)
+    }
+
+    /// The address of the server that answered, when the transport knows it
+    /// (hyper-util's connector records it for every connection, pooled or
+    /// new; an in-process transport given to `build_with` does not).
+    #[must_use]
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .extensions()
+            .get::<HttpInfo>()
+            .map(HttpInfo::remote_addr)
+    }
+
+    /// How long the call took until the response's headers arrived: every
+    /// attempt, wait and redirect included, the body not.
+    #[must_use]
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// How many times the request was sent for this call, the one that got
+    /// this answer included: each retry and each redirect hop counts one
+    /// (1 when the first attempt answered). The auth layer's one re-send
+    /// after a 401 with a fresh token is not counted: it is part of the
+    /// attempt it repairs. A response from [`Client`](crate::Client) used
+    /// as a `tower::Service` carries the same record: a
+    /// [`parapet_core::Attempt`] extension on resends, none on a first
+    /// attempt.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use parapet_testkit::{Reply, Server};
+    ///
+    /// let api = Server::start().await;
+    /// api.on("/flaky").replies([Reply::status(503), Reply::ok().body("done")]);
+    /// let client = parapet::Client::new().unwrap();
+    /// let resp = client.get(&api.url("/flaky")).send().await.unwrap();
+    /// assert_eq!(resp.attempts(), 2);
+    /// assert_eq!(resp.url().path(), "/flaky");
+    /// assert!(resp.remote_addr().unwrap().ip().is_loopback());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        parapet_core::Attempt::get(self.inner.extensions()).map_or(1, |a| a.number())
     }
 
     /// The status code.
@@ -78,26 +143,42 @@ impl Response {
     /// When the status is a client or server error.
     pub async fn error_for_status(self) -> Result<Self, Error> {
         let status = self.status();
-        if !(status.is_client_error() || status.is_server_error()) {
+        if !is_error(status) {
             return Ok(self);
         }
         let (parts, mut body) = self.inner.into_parts();
-        let now = SystemTime::now();
-        // The server's own word on when to come back: Retry-After, or an
-        // exhausted X-RateLimit / RateLimit window (GitHub's 403).
-        let limit = parapet_core::ServerLimit::from_response(status, &parts.headers, now);
-        let server_wait = limit.and_then(|l| l.wait());
-        let retry_after = server_wait.or_else(|| parapet_core::retry_after(&parts.headers, now));
-        let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
-            || (status == StatusCode::FORBIDDEN && server_wait.is_some());
         let snippet = body::snippet(&mut body, SNIPPET_LEN).await;
-        Err(Error::status_error(
-            status,
-            parts.headers,
-            retry_after,
-            snippet,
-            rate_limited,
-        ))
+        Err(status_error(status, parts.headers, Some(snippet)))
+    }
+
+    /// Like [`error_for_status`](Self::error_for_status), without consuming
+    /// the response: the error has everything but the body snippet (reading
+    /// the body would consume it), and the response stays readable.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use parapet_testkit::{Reply, Server};
+    ///
+    /// let api = Server::start().await;
+    /// api.on("/gone").reply(Reply::status(410).body("moved on"));
+    /// let client = parapet::Client::new().unwrap();
+    /// let resp = client.get(&api.url("/gone")).send().await.unwrap();
+    /// let err = resp.error_for_status_ref().unwrap_err();
+    /// assert_eq!(err.status().map(|s| s.as_u16()), Some(410));
+    /// assert!(err.body_snippet().is_none());
+    /// assert_eq!(resp.text().await.unwrap(), "moved on");
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the status is a client or server error.
+    pub fn error_for_status_ref(&self) -> Result<&Self, Error> {
+        let status = self.status();
+        if !is_error(status) {
+            return Ok(self);
+        }
+        Err(status_error(status, self.headers().clone(), None))
     }
 
     /// The whole body, up to [`DEFAULT_BODY_LIMIT`].
@@ -149,6 +230,24 @@ impl Response {
     pub fn ndjson<T: DeserializeOwned>(self) -> NdjsonStream<T> {
         NdjsonStream::new(self.inner.into_body(), MAX_NDJSON_LINE)
     }
+}
+
+/// Whether `status` is a client or server error.
+fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
+/// The error for an error status: when the server said to come back
+/// (`Retry-After`, or an exhausted `X-RateLimit` / `RateLimit` window, as
+/// GitHub's 403 says it), and whether it is a rate limit.
+fn status_error(status: StatusCode, headers: HeaderMap, snippet: Option<Bytes>) -> Error {
+    let now = SystemTime::now();
+    let limit = parapet_core::ServerLimit::from_response(status, &headers, now);
+    let server_wait = limit.and_then(|l| l.wait());
+    let retry_after = server_wait.or_else(|| parapet_core::retry_after(&headers, now));
+    let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN && server_wait.is_some());
+    Error::status_error(status, headers, retry_after, snippet, rate_limited)
 }
 
 /// Decodes JSON, naming the failing field's path in the error.

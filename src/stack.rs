@@ -36,6 +36,7 @@ use parapet_timeout::{
 use parapet_trace::{AttemptTraceLayer, RequestIdLayer, TraceLayer, default_error_type};
 use tower::{ServiceBuilder, ServiceExt};
 
+use crate::attempts::RecordAttemptLayer;
 use crate::body::Body;
 use crate::client::Stack;
 use crate::error::{InvalidConfig, Kind};
@@ -308,6 +309,7 @@ impl LayerConfig {
                 let svc = default_layers
                     .layer(throttle.clone())
                     .layer(*attempt_timeout)
+                    .layer(RecordAttemptLayer)
                     .layer(decompress)
                     .service(transport);
                 let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
@@ -319,6 +321,7 @@ impl LayerConfig {
                 .layer(Optional(self.rate_limit.clone()))
                 .layer(Optional(self.concurrency_limit.clone()))
                 .layer(*attempt_timeout)
+                .layer(RecordAttemptLayer)
                 .layer(decompress)
                 .service(transport);
             let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
@@ -336,6 +339,7 @@ impl LayerConfig {
             .layer(Optional(self.rate_limit.clone()))
             .layer(Optional(self.concurrency_limit.clone()))
             .layer(Optional(attempt_timeout))
+            .layer(RecordAttemptLayer)
             .layer(decompress)
             .service(transport);
         let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
