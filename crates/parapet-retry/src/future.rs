@@ -15,11 +15,15 @@ use http::{
     Version,
 };
 use http_body::Body;
-use parapet_core::{Attempt, BoxError, Deadline, ReplayBody, ReplayError, far_future, retry_after};
+use parapet_core::{
+    Attempt, BoxError, Deadline, IDEMPOTENCY_KEY, Idempotency, ReplayBody, ReplayError, far_future,
+    is_idempotent_method, retry_after,
+};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
+use crate::body::RetryBody;
 use crate::layer::Shared;
 use crate::never_sent::request_never_sent;
 use crate::not_retried::{NotRetried, NotRetriedReason};
@@ -35,7 +39,9 @@ pin_project! {
     pub struct ResponseFuture<S, F, B> {
         #[pin]
         state: State<F, B>,
-        call: Call<S>,
+        // `None` once the future has completed: a response that may still
+        // be retried (its body could break) took the call with it.
+        call: Option<Call<S>>,
     }
 }
 
@@ -104,6 +110,18 @@ enum Headers {
     Map(HeaderMap),
 }
 
+impl Headers {
+    /// Whether a header of this name is there.
+    fn contains(&self, name: &HeaderName) -> bool {
+        match self {
+            Self::List { first, rest } => {
+                first.iter().flatten().chain(rest).any(|(n, _)| n == name)
+            }
+            Self::Map(map) => map.contains_key(name),
+        }
+    }
+}
+
 pub(crate) struct RetryState {
     // The request head as this layer received it; each retry gets a copy.
     method: Method,
@@ -121,6 +139,10 @@ pub(crate) struct RetryState {
     max: u32,
     /// When the call began, if `max_elapsed` (or the budget) needed it.
     started: Option<Instant>,
+    /// The deadline that was in scope when the response came (the deadline
+    /// layer's), kept for a restart of its body: the body is polled
+    /// outside that scope.
+    scope: Option<Deadline>,
     previous_delay: Duration,
 }
 
@@ -152,6 +174,7 @@ impl RetryState {
             attempt: 1,
             max,
             started,
+            scope: None,
             previous_delay: Duration::ZERO,
         });
         state.method = head.method().clone();
@@ -196,7 +219,8 @@ impl RetryState {
             req.headers_mut().clone_from(map);
         }
         *req.extensions_mut() = self.extensions.clone();
-        req.extensions_mut().insert(Attempt::new(self.attempt, self.max));
+        req.extensions_mut()
+            .insert(Attempt::new(self.attempt, self.max));
         req
     }
 }
@@ -206,7 +230,29 @@ impl<S, F, B> ResponseFuture<S, F, B> {
     pub(crate) fn new(future: F, call: Call<S>) -> Self {
         Self {
             state: State::Attempt { future },
-            call,
+            call: Some(call),
+        }
+    }
+
+    /// The deadline to put in scope around a poll of a restart.
+    pub(crate) fn scope(&self) -> Option<Deadline> {
+        self.call.as_ref().and_then(Call::scope)
+    }
+
+    /// A future that waits until `retry_at`, then sends `request`: the
+    /// restart of a body that broke.
+    pub(crate) fn restart(call: Call<S>, retry_at: Instant, request: Request<ReplayBody>) -> Self {
+        Self {
+            state: State::Between {
+                between: Box::pin(Between {
+                    sleep: sleep_until(retry_at),
+                    drain: Drain::Finished,
+                    retry_at,
+                    waited: false,
+                    request: Some(request),
+                }),
+            },
+            call: Some(call),
         }
     }
 }
@@ -222,7 +268,11 @@ impl<S, F, B> fmt::Debug for ResponseFuture<S, F, B> {
             .field("state", &state)
             .field(
                 "attempt",
-                &self.call.retry.as_ref().map_or(1, |r| r.attempt),
+                &self
+                    .call
+                    .as_ref()
+                    .and_then(|c| c.retry.as_ref())
+                    .map_or(1, |r| r.attempt),
             )
             .finish_non_exhaustive()
     }
@@ -235,29 +285,43 @@ where
     E: Into<BoxError>,
     B: Body,
 {
-    type Output = Result<Response<B>, BoxError>;
+    type Output = Result<Response<RetryBody<S, F, B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
+            let Some(call) = this.call.as_mut() else {
+                return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
+            };
             match this.state.as_mut().project() {
                 StateProj::Attempt { future } => {
-                    let mut result = ready!(future.poll(cx)).map_err(Into::into);
-                    let (retry_at, request) = match this.call.decide(&result) {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let (retry_at, request) = match call.decide(&result) {
                         Ok(retry) => retry,
                         Err(why) => {
-                            if let (Some(why), Ok(res)) = (why, result.as_mut()) {
-                                res.extensions_mut().insert(why);
-                            }
-                            return Poll::Ready(result);
+                            let mut res = result?;
+                            let status = res.status();
+                            let call = match why {
+                                Some(why) => {
+                                    res.extensions_mut().insert(why);
+                                    None
+                                }
+                                // A final answer whose body may still break:
+                                // the call goes with the body, if the
+                                // request could be sent again.
+                                None => this.call.take().and_then(Call::for_body),
+                            };
+                            return Poll::Ready(Ok(
+                                res.map(|body| RetryBody::new(body, status, call))
+                            ));
                         }
                     };
                     let now = Instant::now();
                     let drain = match result {
-                        Ok(res) if this.call.shared.policy.drain_max_bytes > 0 => Drain::Reading {
+                        Ok(res) if call.shared.policy.drain_max_bytes > 0 => Drain::Reading {
                             body: res.into_body(),
                             read: 0,
-                            until: now + this.call.shared.policy.drain_max_time,
+                            until: now + call.shared.policy.drain_max_time,
                         },
                         // An error, or draining turned off: the response
                         // (if any) is dropped here.
@@ -284,7 +348,7 @@ where
                         let mut drain = b.drain;
                         let retry_at = *b.retry_at;
                         if let DrainProj::Reading { body, read, .. } = drain.as_mut().project() {
-                            if drain_some(body, read, this.call.shared.policy.drain_max_bytes, cx) {
+                            if drain_some(body, read, call.shared.policy.drain_max_bytes, cx) {
                                 drain.set(Drain::Finished);
                                 if sleep.deadline() != retry_at {
                                     sleep.as_mut().reset(retry_at);
@@ -308,19 +372,42 @@ where
                         }
                         *b.waited = true;
                     }
-                    ready!(this.call.service.poll_ready(cx)).map_err(Into::into)?;
+                    ready!(call.service.poll_ready(cx)).map_err(Into::into)?;
                     let Some(request) = b.request.take() else {
                         // NOTE: `Between` always holds a request until it
                         // calls the service and moves on; only a poll after
                         // completion gets here.
-                        return Poll::Ready(Err("retry future polled after completion".into()));
+                        return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into()));
                     };
-                    let future = this.call.service.call(request);
+                    let future = call.service.call(request);
                     this.state.set(State::Attempt { future });
                 }
             }
         }
     }
+}
+
+const POLLED_AFTER_COMPLETION: &str = "retry future polled after completion";
+
+/// Whether a body's error says the connection broke: a reset, an abort, or
+/// an end before the announced length (hyper reports these as an
+/// `io::Error` in the error's chain). Not a timeout, and nothing a layer
+/// made of its own.
+fn body_broke(error: &(dyn Error + 'static)) -> bool {
+    let mut cur = Some(error);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Reads the body until it ends, fails, passes `max` bytes or has nothing
@@ -399,6 +486,8 @@ enum Reason {
     NotSent,
     /// A transport error or timeout after the request may have been sent.
     Error,
+    /// The response's body broke after its headers.
+    Body,
 }
 
 impl fmt::Display for Reason {
@@ -407,6 +496,7 @@ impl fmt::Display for Reason {
             Self::Status(s) => write!(f, "status {}", s.as_u16()),
             Self::NotSent => f.write_str("request not sent"),
             Self::Error => f.write_str("transport error"),
+            Self::Body => f.write_str("response body broke"),
         }
     }
 }
@@ -437,6 +527,7 @@ impl<S> Call<S> {
             headers,
             error,
             attempt: rs.attempt,
+            body: false,
         };
         let verdict = policy
             .classifier
@@ -450,6 +541,92 @@ impl<S> Call<S> {
             (_, None, Some(e)) if request_never_sent(e) => Reason::NotSent,
             (_, None, Some(_)) => Reason::Error,
         };
+        self.weigh(reason, status, headers, error)
+    }
+
+    /// The call, if a response's body that breaks could be retried: the
+    /// request may be sent again (its method or override says so; the
+    /// body's replay is checked when it breaks), attempts remain. Cheap:
+    /// this runs for every call that gets an answer.
+    fn for_body(mut self) -> Option<Self> {
+        let rs = self.retry.as_mut()?;
+        if rs.attempt >= rs.max || rs.body.is_err() {
+            return None;
+        }
+        let rules = self.shared.policy.idempotency;
+        let idempotent = match rs.extensions.get::<Idempotency>() {
+            Some(Idempotency::Idempotent) => true,
+            Some(Idempotency::NotIdempotent) => false,
+            None => {
+                is_idempotent_method(&rs.method)
+                    || (rules.trusts_idempotency_key() && rs.headers.contains(&IDEMPOTENCY_KEY))
+            }
+        };
+        if !idempotent {
+            return None;
+        }
+        // The deadline layer's deadline is in scope while it polls this
+        // future, not while it polls the body: kept for a restart.
+        rs.scope = Deadline::in_scope();
+        Some(self)
+    }
+
+    /// The deadline to put in scope around a restart.
+    pub(crate) fn scope(&self) -> Option<Deadline> {
+        self.retry.as_ref().and_then(|rs| rs.scope)
+    }
+
+    /// Whether to re-send the request after the body of the response with
+    /// `status` failed with `error`: when to, and the request to send.
+    /// Emits the trace event that says what was decided.
+    pub(crate) fn decide_body(
+        &mut self,
+        status: StatusCode,
+        error: &(dyn Error + 'static),
+    ) -> Option<(Instant, Request<ReplayBody>)> {
+        let rs = self.retry.as_ref()?;
+        // NOTE: `boxed` always sets the URI.
+        let uri = rs.uri.as_ref()?;
+        let outcome = Outcome {
+            method: &rs.method,
+            uri,
+            status: Some(status),
+            headers: None,
+            error: Some(error),
+            attempt: rs.attempt,
+            body: true,
+        };
+        let verdict = self
+            .shared
+            .policy
+            .classifier
+            .as_ref()
+            .map_or(Verdict::Default, |c| c(&outcome));
+        let retry = match verdict {
+            Verdict::Retry => true,
+            Verdict::Return => false,
+            Verdict::Default => body_broke(error),
+        };
+        if !retry {
+            return None;
+        }
+        self.weigh(Reason::Body, None, None, Some(error)).ok()
+    }
+
+    /// The checks every retry passes, after the failure was found
+    /// retryable: may the request be sent again, do attempts, the deadline
+    /// and the budget allow it, and after how long.
+    fn weigh(
+        &mut self,
+        reason: Reason,
+        status: Option<StatusCode>,
+        headers: Option<&HeaderMap>,
+        error: Option<&(dyn Error + 'static)>,
+    ) -> Result<(Instant, Request<ReplayBody>), Option<NotRetried>> {
+        let Some(rs) = self.retry.as_mut() else {
+            return Err(None);
+        };
+        let policy = &self.shared.policy;
         rs.restore_headers();
         let method = &rs.method;
         let host = rs.uri.as_ref().map_or("", host_of);
@@ -587,7 +764,10 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::{BackoffJitter, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryPolicyBuilder};
+    use crate::{
+        BackoffJitter, BodyRestart, BodyRestartFailed, Retry, RetryBudget, RetryLayer, RetryPolicy,
+        RetryPolicyBuilder,
+    };
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -604,6 +784,9 @@ mod tests {
     }
 
     type Reply = Result<Response<TestBody>, BoxError>;
+
+    /// The retry layer's response body over the stand-in server.
+    type StubBody = RetryBody<Stub, Pin<Box<dyn Future<Output = Reply> + Send>>, TestBody>;
 
     /// A stand-in server: answers the n-th attempt with the n-th scripted
     /// reply (the last repeats) and records what arrived.
@@ -676,6 +859,8 @@ mod tests {
             dropped: Arc<AtomicBool>,
         },
         Frames(VecDeque<Bytes>, Arc<AtomicUsize>),
+        /// These frames, then this error.
+        Breaks(VecDeque<Bytes>, Option<io::ErrorKind>),
     }
 
     impl fmt::Debug for TestBody {
@@ -710,6 +895,10 @@ mod tests {
                     read.fetch_add(f.len(), Ordering::SeqCst);
                     Ok(Frame::data(f))
                 })),
+                Self::Breaks(frames, error) => Poll::Ready(match frames.pop_front() {
+                    Some(f) => Some(Ok(Frame::data(f))),
+                    None => error.take().map(|kind| Err(io::Error::from(kind).into())),
+                }),
             }
         }
 
@@ -756,7 +945,7 @@ mod tests {
         policy: RetryPolicyBuilder,
         stub: &Stub,
         req: Request<ReplayBody>,
-    ) -> Result<Response<TestBody>, BoxError> {
+    ) -> Result<Response<StubBody>, BoxError> {
         Retry::new(stub.clone(), policy.build().unwrap())
             .oneshot(req)
             .await
@@ -1611,6 +1800,320 @@ mod tests {
             let res = send(plain(), &stub, get()).await.unwrap();
             assert_eq!(why(&res), None);
         }
+    }
+
+    // RetryBody: a body that breaks after the headers.
+
+    fn breaks_after(code: u16, sent: &'static str, kind: io::ErrorKind) -> Response<TestBody> {
+        with_body(
+            status(code),
+            TestBody::Breaks(VecDeque::from([Bytes::from(sent)]), Some(kind)),
+        )
+    }
+
+    fn full(code: u16, body: &'static str) -> Response<TestBody> {
+        with_body(status(code), TestBody::Full(Full::new(Bytes::from(body))))
+    }
+
+    /// The frames' data until the body ends or fails.
+    async fn read_until_error(body: &mut StubBody) -> (Vec<u8>, Option<BoxError>) {
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => data.extend_from_slice(&frame.into_data().unwrap()),
+                Err(e) => return (data, Some(e)),
+            }
+        }
+        (data, None)
+    }
+
+    fn is_reset(e: &BoxError) -> bool {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::ConnectionReset)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_body_is_restarted_when_polled_again() {
+        let stub = Stub::new(|n| {
+            Ok(match n {
+                0 => breaks_after(200, "hel", io::ErrorKind::ConnectionReset),
+                _ => full(200, "hello"),
+            })
+        });
+        let res = send(plain(), &stub, get()).await.unwrap();
+        let mut body = res.into_body();
+        assert!(body.can_restart());
+
+        let (data, error) = read_until_error(&mut body).await;
+        assert_eq!(data, b"hel");
+        let error = error.unwrap();
+        let restart = error.downcast_ref::<BodyRestart>().unwrap();
+        assert_eq!(restart.bytes_seen(), 3);
+        assert_eq!(restart.next_attempt(), 2);
+        assert!(restart.source().unwrap().is::<io::Error>());
+        assert_eq!(
+            error.to_string(),
+            "response body broke after 3 bytes; polling again re-sends the request"
+        );
+        // Nothing is sent until the body is polled again.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(stub.seen().len(), 1);
+
+        let (data, error) = read_until_error(&mut body).await;
+        assert_eq!(data, b"hello");
+        assert!(error.is_none());
+        assert!(!body.can_restart());
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].attempt, Some(Attempt::new(2, 3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_waits_the_backoff_each_time_and_stops_at_the_last_attempt() {
+        let stub = Stub::new(|_| Ok(breaks_after(200, "x", io::ErrorKind::UnexpectedEof)));
+        let res = send(plain(), &stub, get()).await.unwrap();
+        let mut body = res.into_body();
+        let mut errors = Vec::new();
+        loop {
+            let (_, error) = read_until_error(&mut body).await;
+            let error = error.unwrap();
+            let restart = error
+                .downcast_ref::<BodyRestart>()
+                .map(BodyRestart::next_attempt);
+            errors.push(restart);
+            if restart.is_none() {
+                // The last attempt's error, as the body gave it.
+                let io = error.downcast_ref::<io::Error>().unwrap();
+                assert_eq!(io.kind(), io::ErrorKind::UnexpectedEof);
+                break;
+            }
+        }
+        assert_eq!(errors, [Some(2), Some(3), None]);
+        assert_eq!(stub.seen().len(), 3);
+        assert_eq!(stub.gaps(), [100 * MS, 200 * MS]);
+        // After its error the body has ended; nothing more is sent.
+        assert!(body.frame().await.is_none());
+        assert_eq!(stub.seen().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_not_polled_after_its_restart_error_sends_nothing() {
+        let stub = Stub::new(|_| Ok(breaks_after(200, "x", io::ErrorKind::ConnectionReset)));
+        let res = send(plain(), &stub, get()).await.unwrap();
+        let mut body = res.into_body();
+        let (_, error) = read_until_error(&mut body).await;
+        assert!(error.unwrap().is::<BodyRestart>());
+        drop(body);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_s_broken_body_passes_its_error_through() {
+        let stub = Stub::new(|_| Ok(breaks_after(200, "x", io::ErrorKind::ConnectionReset)));
+        let res = send(plain(), &stub, post("{}")).await.unwrap();
+        let mut body = res.into_body();
+        assert!(!body.can_restart());
+        let (_, error) = read_until_error(&mut body).await;
+        assert!(is_reset(&error.unwrap()));
+        assert!(body.frame().await.is_none());
+        assert_eq!(stub.seen().len(), 1);
+
+        // With a trusted Idempotency-Key it is restarted.
+        let stub = Stub::new(|n| {
+            Ok(match n {
+                0 => breaks_after(200, "x", io::ErrorKind::ConnectionReset),
+                _ => full(200, "ok"),
+            })
+        });
+        let mut req = post("{}");
+        IdempotencyKey::ensure(&mut req);
+        let policy = plain().idempotency(IdempotencyRules::new().trust_idempotency_key(true));
+        let mut body = send(policy, &stub, req).await.unwrap().into_body();
+        assert!(body.can_restart());
+        let (_, error) = read_until_error(&mut body).await;
+        assert!(error.unwrap().is::<BodyRestart>());
+        assert_eq!(read_until_error(&mut body).await.0, b"ok");
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].key, seen[1].key);
+        assert_eq!(seen[1].body, "{}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_body_is_not_restarted_without_attempts_budget_or_time() {
+        let broken = || Stub::new(|_| Ok(breaks_after(200, "x", io::ErrorKind::ConnectionReset)));
+
+        // One attempt in all.
+        let stub = broken();
+        let mut body = send(plain().max_attempts(1), &stub, get())
+            .await
+            .unwrap()
+            .into_body();
+        assert!(is_reset(&read_until_error(&mut body).await.1.unwrap()));
+
+        // The budget is spent.
+        let stub = broken();
+        let policy = plain().budget(RetryBudget::new().percent(0).min_per_second(0));
+        let mut body = send(policy, &stub, get()).await.unwrap().into_body();
+        assert!(body.can_restart());
+        assert!(is_reset(&read_until_error(&mut body).await.1.unwrap()));
+
+        // The backoff would end after the deadline the request carries.
+        let stub = broken();
+        let mut req = get();
+        Deadline::after(50 * MS).apply(req.extensions_mut());
+        let mut body = send(plain(), &stub, req).await.unwrap().into_body();
+        assert!(is_reset(&read_until_error(&mut body).await.1.unwrap()));
+
+        // The same, the deadline in scope only while the call's future was
+        // polled (as the deadline layer does): the body keeps it.
+        let stub = broken();
+        let svc = Retry::new(stub.clone(), plain().build().unwrap());
+        let mut fut = std::pin::pin!(svc.oneshot(get()));
+        let polled = {
+            let _scope = Deadline::after(50 * MS).enter();
+            futures_poll(&mut fut)
+        };
+        let Poll::Ready(Ok(res)) = polled else {
+            panic!("the stand-in answers at once");
+        };
+        let mut body = res.into_body();
+        assert!(is_reset(&read_until_error(&mut body).await.1.unwrap()));
+
+        // A timeout is not a broken connection.
+        let stub = Stub::new(|_| Ok(breaks_after(200, "x", io::ErrorKind::TimedOut)));
+        let mut body = send(plain(), &stub, get()).await.unwrap().into_body();
+        let error = read_until_error(&mut body).await.1.unwrap();
+        assert!(!error.is::<BodyRestart>());
+
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_answered_with_another_status_ends_the_body() {
+        // 200 breaks; the re-sent request gets 503 twice: the second is the
+        // last attempt's, returned.
+        let stub = Stub::new(|n| {
+            Ok(match n {
+                0 => breaks_after(200, "x", io::ErrorKind::ConnectionReset),
+                _ => status(503),
+            })
+        });
+        let mut body = send(plain(), &stub, get()).await.unwrap().into_body();
+        assert!(
+            read_until_error(&mut body)
+                .await
+                .1
+                .unwrap()
+                .is::<BodyRestart>()
+        );
+        let error = read_until_error(&mut body).await.1.unwrap();
+        let failed = error.downcast_ref::<BodyRestartFailed>().unwrap();
+        assert_eq!(failed.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(failed.expected(), StatusCode::OK);
+        assert_eq!(
+            failed.not_retried().map(|n| n.reason()),
+            Some(NotRetriedReason::NoAttemptsLeft)
+        );
+        assert_eq!(
+            error.to_string(),
+            "response body broke, and the re-sent request was answered with status 503 instead of 200"
+        );
+        assert!(body.frame().await.is_none());
+        assert_eq!(stub.seen().len(), 3);
+        assert_eq!(stub.gaps(), [100 * MS, 200 * MS]);
+
+        // The re-sent request fails on its last attempt.
+        let stub = Stub::new(|n| match n {
+            0 => Ok(breaks_after(200, "x", io::ErrorKind::ConnectionReset)),
+            _ => Err(reset()),
+        });
+        let policy = plain().max_attempts(2);
+        let mut body = send(policy, &stub, get()).await.unwrap().into_body();
+        assert!(
+            read_until_error(&mut body)
+                .await
+                .1
+                .unwrap()
+                .is::<BodyRestart>()
+        );
+        let error = read_until_error(&mut body).await.1.unwrap();
+        let failed = error.downcast_ref::<BodyRestartFailed>().unwrap();
+        assert_eq!(failed.status(), None);
+        assert!(failed.source().unwrap().is::<io::Error>());
+        assert!(body.frame().await.is_none());
+        assert_eq!(stub.seen().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_classifier_sees_a_body_failure_and_decides() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let policy = plain().classify(move |o| {
+            s.lock()
+                .unwrap()
+                .push((o.is_body(), o.status(), o.error().is_some()));
+            if o.is_body() {
+                Verdict::Return
+            } else {
+                Verdict::Default
+            }
+        });
+        let stub = Stub::new(|_| Ok(breaks_after(200, "x", io::ErrorKind::ConnectionReset)));
+        let mut body = send(policy, &stub, get()).await.unwrap().into_body();
+        assert!(is_reset(&read_until_error(&mut body).await.1.unwrap()));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (false, Some(StatusCode::OK), false),
+                (true, Some(StatusCode::OK), true)
+            ]
+        );
+
+        // Retry widens the default: an error that is not a broken
+        // connection is restarted too.
+        let policy = plain().classify(|o| {
+            if o.is_body() {
+                Verdict::Retry
+            } else {
+                Verdict::Default
+            }
+        });
+        let stub = Stub::new(|n| {
+            Ok(match n {
+                0 => breaks_after(200, "x", io::ErrorKind::TimedOut),
+                _ => full(200, "ok"),
+            })
+        });
+        let mut body = send(policy, &stub, get()).await.unwrap().into_body();
+        assert!(
+            read_until_error(&mut body)
+                .await
+                .1
+                .unwrap()
+                .is::<BodyRestart>()
+        );
+        assert_eq!(read_until_error(&mut body).await.0, b"ok");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_s_wait_promises_its_wake_up() {
+        let stub = Stub::new(|_| Ok(breaks_after(200, "x", io::ErrorKind::ConnectionReset)));
+        let mut body = send(plain(), &stub, get()).await.unwrap().into_body();
+        assert!(
+            read_until_error(&mut body)
+                .await
+                .1
+                .unwrap()
+                .is::<BodyRestart>()
+        );
+        let start = Instant::now();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (polled, promised) =
+            parapet_core::clock::watch_wakeups(|| Pin::new(&mut body).poll_frame(&mut cx));
+        assert!(polled.is_pending());
+        assert_eq!(promised, Some(start + 100 * MS));
     }
 
     type Recorded = (tracing::Level, std::collections::BTreeMap<String, String>);

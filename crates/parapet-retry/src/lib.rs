@@ -78,6 +78,34 @@
 //!   replayed (over the cap, or its stream failed) is not retried: the
 //!   attempt's result is returned and a trace event says why.
 //!
+//! # A body that breaks
+//!
+//! A response's body can still fail after its headers came: a reset
+//! halfway, or an end before its `Content-Length`. The layer's response
+//! body is a [`RetryBody`]: frames pass through untouched, and when the
+//! call could still be retried as the response arrived (the request may
+//! be sent again, its body can be replayed, attempts remain), the body
+//! keeps the call. If it then breaks in a way the policy retries (by
+//! default a reset, an abort or an early end; never a timeout), and the
+//! attempts, the deadline and the budget allow, the body yields one
+//! [`BodyRestart`] error. **Polling the body again after it is the opt-in
+//! to a restart**: the layer waits the backoff, re-sends the request
+//! (retrying that call as any other) and, when the final answer has the
+//! same status, goes on with the new response's body from its start;
+//! otherwise the body ends with [`BodyRestartFailed`]. A reader that
+//! collects the whole body (the `parapet` facade's `bytes`, `text`,
+//! `json`) drops what it had and reads on; a streaming reader stops at
+//! the error, and nothing is re-sent. A body whose call cannot be
+//! retried (a POST without a trusted key, no attempts left, the budget
+//! spent) fails with the inner body's error, unchanged.
+//!
+//! This costs the common call nothing but moves: the call (the service
+//! and the copy of the head made anyway) goes into the body instead of
+//! being dropped; a timer and the next attempt are boxed only when a body
+//! breaks. The copy of the request (and a streamed request body's
+//! recording) then lives until the response body ends, fails or is
+//! dropped.
+//!
 //! A retryable failure returned without a retry carries a [`NotRetried`]
 //! response extension saying why (not idempotent, no attempts left, body
 //! not replayable, `Retry-After` too long or past the deadline, wait past
@@ -99,9 +127,9 @@
 //!
 //! All at `DEBUG`, except the two that point at configuration, at `INFO`.
 //! Each has the fields `method`, `host` (the URI's authority without user
-//! information), `attempt` and `reason` (`status 503`, `request not sent`
-//! or `transport error`), and `error` (the error's message) when the
-//! attempt ended in an error.
+//! information), `attempt` and `reason` (`status 503`, `request not sent`,
+//! `transport error` or `response body broke`), and `error` (the error's
+//! message) when the attempt ended in an error.
 //!
 //! | message | level | extra fields |
 //! | --- | --- | --- |
@@ -119,14 +147,16 @@
 //! # Where it goes in a stack
 //!
 //! Inside the deadline layer (so the whole call, waits included, has one
-//! budget of time, and the retry layer can see it), outside the per-host
-//! throttle, rate limit, auth, concurrency limit and attempt timeout (each
-//! attempt passes through them again: a fresh token, a new slot, its own
-//! timeout):
+//! budget of time, and the retry layer can see it; its body timer bounds a
+//! body's restart too), outside auth, the per-host throttle, rate limit,
+//! concurrency limit and attempt timeout (each attempt passes through them
+//! again: a fresh token, a new slot, its own timeout). The `parapet`
+//! facade's order:
 //!
 //! ```text
-//! request id / trace → deadline → RETRY → throttle → rate limit → auth
-//!     → concurrency limit → attempt timeout → hyper-util client
+//! request id → call span → deadline → RETRY → redirect → attempt span
+//!     → auth → throttle → rate limit → concurrency limit
+//!     → attempt timeout → decompression → transport
 //! ```
 //!
 //! # Cost per call
@@ -197,7 +227,9 @@
 //!   whether "the request never left"; see [`request_never_sent`].
 
 mod backoff;
+mod body;
 mod budget;
+mod error;
 mod future;
 mod layer;
 mod max_attempts;
@@ -207,7 +239,9 @@ mod policy;
 mod service;
 
 pub use backoff::BackoffJitter;
+pub use body::RetryBody;
 pub use budget::RetryBudget;
+pub use error::{BodyRestart, BodyRestartFailed};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use max_attempts::MaxAttempts;

@@ -14,6 +14,14 @@ use crate::budget::RetryBudget;
 /// One attempt's result as a [classifier](RetryPolicyBuilder::classify)
 /// sees it: the request's method and URI, and either the response's status
 /// and headers or the error.
+///
+/// One more case: the body of a response that was returned broke after its
+/// headers ([`is_body`](Self::is_body)). The outcome then has the status
+/// of that response, no headers (they went to the caller), and the body's
+/// error. [`Verdict::Default`] re-sends the request when the error says
+/// the connection broke (an `io::Error` in its chain reporting a reset, an
+/// abort, a broken pipe or an unexpected end), never on a timeout; see
+/// [`RetryBody`](crate::RetryBody).
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome<'a> {
     pub(crate) method: &'a Method,
@@ -22,6 +30,7 @@ pub struct Outcome<'a> {
     pub(crate) headers: Option<&'a HeaderMap>,
     pub(crate) error: Option<&'a (dyn Error + 'static)>,
     pub(crate) attempt: u32,
+    pub(crate) body: bool,
 }
 
 impl<'a> Outcome<'a> {
@@ -37,7 +46,8 @@ impl<'a> Outcome<'a> {
         self.uri
     }
 
-    /// The response's status, when there was a response.
+    /// The response's status, when there was a response (the response whose
+    /// body broke, for [`is_body`](Self::is_body)).
     #[must_use]
     pub fn status(&self) -> Option<StatusCode> {
         self.status
@@ -49,10 +59,19 @@ impl<'a> Outcome<'a> {
         self.headers
     }
 
-    /// The error, when the attempt failed without a response.
+    /// The error, when the attempt failed without a response (or its body
+    /// failed, for [`is_body`](Self::is_body)).
     #[must_use]
     pub fn error(&self) -> Option<&'a (dyn Error + 'static)> {
         self.error
+    }
+
+    /// Whether this is the failure of a returned response's body, after its
+    /// headers: [`status`](Self::status) is that response's, and
+    /// [`error`](Self::error) the body's.
+    #[must_use]
+    pub fn is_body(&self) -> bool {
+        self.body
     }
 
     /// The number of the attempt that ended so (1 for the first).

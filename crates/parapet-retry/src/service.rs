@@ -8,6 +8,7 @@ use http_body::Body;
 use parapet_core::{Attempt, BoxError, ReplayBody, clock};
 use tower_service::Service;
 
+use crate::body::RetryBody;
 use crate::budget::LastHost;
 use crate::future::{Call, ResponseFuture, RetryState, host_of};
 use crate::layer::{RetryLayer, Shared};
@@ -81,7 +82,7 @@ where
     B::Error: Into<BoxError>,
     ResBody: Body,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<RetryBody<S, S::Future, ResBody>>;
     type Error = BoxError;
     type Future = ResponseFuture<S, S::Future, ResBody>;
 

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -40,7 +39,7 @@ async fn call(
     svc: &mut Retry<HttpClient>,
     req: Request<ReplayBody>,
 ) -> Result<(StatusCode, Bytes), parapet_core::BoxError> {
-    let res: Response<Incoming> = ServiceExt::<Request<ReplayBody>>::ready(svc)
+    let res = ServiceExt::<Request<ReplayBody>>::ready(svc)
         .await?
         .call(req)
         .await?;
