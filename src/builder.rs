@@ -255,6 +255,13 @@ impl ClientBuilder {
 
     /// Credentials put on every attempt (bearer, basic, API key, refreshing
     /// `OAuth2` tokens), with one re-send after a 401. Default: none.
+    ///
+    /// A request that carries its own `Authorization` header
+    /// ([`RequestBuilder::bearer_auth`](crate::RequestBuilder::bearer_auth),
+    /// [`basic_auth`](crate::RequestBuilder::basic_auth), a header set by
+    /// hand or by [`default_header`](Self::default_header)) is sent with it
+    /// and this layer is skipped for it, as it is on a redirect to another
+    /// origin.
     pub fn auth(mut self, auth: impl Into<Option<parapet_auth::AuthLayer>>) -> Self {
         self.layers.auth = auth.into();
         self

@@ -17,6 +17,7 @@ use tower::{Service, ServiceExt};
 
 use crate::body::Body;
 use crate::error::Error;
+use crate::overrides::BodyLimit;
 use crate::response::Response;
 
 /// The boxed future of one call through the stack.
@@ -251,6 +252,15 @@ impl Client {
     }
 }
 
+/// The response with its body bounded to `limit` bytes, when the request
+/// set a [`BodyLimit`] (one more box then; none otherwise).
+fn limited(resp: http::Response<Body>, limit: Option<usize>) -> http::Response<Body> {
+    match limit {
+        Some(limit) => resp.map(|b| Body::new(http_body_util::Limited::new(b, limit))),
+        None => resp,
+    }
+}
+
 /// A request body as a [`ReplayBody`]. Bodies whose bytes are already in
 /// memory (`ReplayBody`, `Full<Bytes>`, `Bytes`, `String`, `Vec<u8>`,
 /// `&'static str`, `Empty<Bytes>`) stay replayable whatever their size, as
@@ -473,9 +483,11 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.prepare(req) {
             Ok(req) => ResponseFuture {
+                limit: BodyLimit::get(req.extensions()),
                 inner: Inner::Call(self.shared.stack.call(req)),
             },
             Err(e) => ResponseFuture {
+                limit: None,
                 inner: Inner::Failed(Some(e)),
             },
         }
@@ -486,6 +498,8 @@ where
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture {
     inner: Inner,
+    /// The request's [`BodyLimit`], applied to the response body.
+    limit: Option<usize>,
 }
 
 enum Inner {
@@ -497,8 +511,12 @@ impl Future for ResponseFuture {
     type Output = Result<http::Response<Body>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().inner {
-            Inner::Call(f) => f.as_mut().poll(cx),
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Call(f) => f
+                .as_mut()
+                .poll(cx)
+                .map(|r| r.map(|resp| limited(resp, this.limit))),
             Inner::Failed(e) => Poll::Ready(Err(match e.take() {
                 Some(e) => Box::new(e),
                 None => "response future polled after completion".into(),
@@ -689,9 +707,13 @@ impl RequestBuilder {
         let (parts, ()) = parts?.into_parts();
         let req = client.prepare(Request::from_parts(parts, body))?;
         let url = req.uri().clone();
+        let limit = BodyLimit::get(req.extensions());
         let started = tokio::time::Instant::now();
         match client.shared.stack.call(req).await {
-            Ok(resp) => Ok(Response::new(resp, url, started.elapsed())),
+            Ok(resp) => {
+                let elapsed = started.elapsed();
+                Ok(Response::new(limited(resp, limit), url, elapsed, limit))
+            }
             Err(e) => Err(crate::classify::classify(e)),
         }
     }

@@ -60,6 +60,7 @@ mod client;
 mod decompress;
 mod error;
 mod optional;
+mod overrides;
 mod proxy;
 mod redirect;
 mod response;
@@ -70,6 +71,7 @@ pub use body::{Body, BytesStream, NdjsonStream};
 pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
 pub use client::{Client, RequestBuilder, ResponseFuture, UnsupportedScheme};
 pub use error::{Error, InvalidConfig};
+pub use overrides::BodyLimit;
 pub use proxy::{Proxy, ProxyError};
 pub use redirect::{
     InsecureRedirect, NotFollowedReason, RedirectLoop, RedirectNotFollowed, RedirectPolicy,

@@ -685,7 +685,8 @@ fn same_origin(a: &Uri, b: &Uri) -> bool {
         && port(a) == port(b)
 }
 
-/// The auth layer, skipped for a hop that left the call's first origin.
+/// The auth layer, skipped for a hop that left the call's first origin and
+/// for a request that carries its own `Authorization`.
 #[derive(Debug, Clone)]
 pub(crate) struct OriginAuthLayer(pub(crate) AuthLayer);
 
@@ -726,7 +727,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
-        if req.extensions().get::<OtherOrigin>().is_some() {
+        // A hop to another origin gets no credentials; a request that brings
+        // its own `Authorization` (`bearer_auth`, `basic_auth`, a header
+        // set by hand) is sent with it.
+        if req.extensions().get::<OtherOrigin>().is_some()
+            || req.headers().contains_key(http::header::AUTHORIZATION)
+        {
             OriginAuthFuture::Plain {
                 f: self.plain.call(req),
             }

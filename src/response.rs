@@ -32,14 +32,22 @@ pub struct Response {
     inner: http::Response<Body>,
     url: Uri,
     elapsed: Duration,
+    /// The request's [`BodyLimit`](crate::BodyLimit), if it had one.
+    limit: Option<usize>,
 }
 
 impl Response {
-    pub(crate) fn new(inner: http::Response<Body>, url: Uri, elapsed: Duration) -> Self {
+    pub(crate) fn new(
+        inner: http::Response<Body>,
+        url: Uri,
+        elapsed: Duration,
+        limit: Option<usize>,
+    ) -> Self {
         Self {
             inner,
             url,
             elapsed,
+            limit,
         }
     }
 
@@ -97,7 +105,7 @@ impl Response {
     /// ```
     #[must_use]
     pub fn attempts(&self) -> u32 {
-        parapet_core::Attempt::get(self.inner.extensions()).map_or(1, |a| a.number())
+        parapet_core::Attempt::get(self.inner.extensions()).map_or(1, parapet_core::Attempt::number)
     }
 
     /// The status code.
@@ -181,13 +189,15 @@ impl Response {
         Err(status_error(status, self.headers().clone(), None))
     }
 
-    /// The whole body, up to [`DEFAULT_BODY_LIMIT`].
+    /// The whole body, up to [`DEFAULT_BODY_LIMIT`] (or the request's
+    /// [`body_limit`](crate::RequestBuilder::body_limit)).
     ///
     /// # Errors
     ///
     /// When reading fails or the body passes the limit.
     pub async fn bytes(self) -> Result<Bytes, Error> {
-        self.bytes_limited(DEFAULT_BODY_LIMIT).await
+        let limit = self.limit.unwrap_or(DEFAULT_BODY_LIMIT);
+        self.bytes_limited(limit).await
     }
 
     /// The whole body, up to `limit` bytes.

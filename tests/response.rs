@@ -13,9 +13,10 @@ use parapet_testkit::{Reply, Server};
 use tower::ServiceExt as _;
 
 fn client() -> Client {
-    // Short backoff so retries do not slow the suite; no throttle so a 503
-    // is retried after the backoff only.
+    // Short backoff so retries do not slow the suite; no throttle, so the
+    // 429's Retry-After does not hold the next call to the host.
     Client::builder()
+        .throttle(None)
         .retry(
             parapet::retry::RetryPolicy::builder()
                 .max_attempts(3)

@@ -175,9 +175,8 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The clock read an outer layer holds for this call's set-up, if any.
         let now = parapet_core::clock::now();
-        let own = now
-            .checked_add(self.config.limit)
-            .unwrap_or_else(|| far_future(now));
+        let limit = AttemptLimit::get(req.extensions()).unwrap_or(self.config.limit);
+        let own = now.checked_add(limit).unwrap_or_else(|| far_future(now));
         let (at, by_deadline) = match Deadline::current(req.extensions()) {
             // NOTE: on a tie the deadline is reported: no attempt can follow.
             Some(deadline) if deadline.instant() <= own => (deadline.instant(), true),
@@ -254,6 +253,40 @@ where
     }
 }
 
+/// A request extension that replaces the [`AttemptTimeout`]'s limit for
+/// this request's attempts (the deadline, if earlier, still applies). The
+/// body timeouts are unchanged. A stack without an attempt timeout layer
+/// ignores it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// use std::time::Duration;
+/// use parapet_timeout::{AttemptLimit, AttemptTimedOut, AttemptTimeoutLayer};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(AttemptTimeoutLayer::new(Duration::from_secs(10)))
+///     .service_fn(|_req: http::Request<()>| async {
+///         tokio::time::sleep(Duration::from_secs(2)).await;
+///         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+///     });
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(AttemptLimit(Duration::from_secs(1)));
+/// let err = svc.oneshot(req).await.unwrap_err();
+/// assert!(err.is::<AttemptTimedOut>());
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttemptLimit(pub Duration);
+
+impl AttemptLimit {
+    /// The limit in these (request) extensions, if any.
+    #[must_use]
+    pub fn get(ext: &http::Extensions) -> Option<Duration> {
+        ext.get::<Self>().map(|l| l.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -284,6 +317,24 @@ mod tests {
             sleep(delay).await;
             Ok(Response::new(Script::drip(5, SEC)))
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_s_attempt_limit_replaces_the_layer_s() {
+        let layer = AttemptTimeoutLayer::new(2 * SEC);
+        // Shorter: times out at 1 s.
+        let start = Instant::now();
+        let mut req = Request::new(());
+        req.extensions_mut().insert(AttemptLimit(SEC));
+        let err = layer.layer(after(60 * SEC)).oneshot(req).await.unwrap_err();
+        assert_elapsed(start, SEC);
+        assert!(err.is::<AttemptTimedOut>());
+        // Longer: a 5 s answer gets through a 2 s layer.
+        let start = Instant::now();
+        let mut req = Request::new(());
+        req.extensions_mut().insert(AttemptLimit(10 * SEC));
+        layer.layer(after(5 * SEC)).oneshot(req).await.unwrap();
+        assert_elapsed(start, 5 * SEC);
     }
 
     #[tokio::test(start_paused = true)]

@@ -175,7 +175,7 @@ mod deadline;
 mod error;
 mod timer;
 
-pub use attempt::{AttemptTimeout, AttemptTimeoutLayer};
+pub use attempt::{AttemptLimit, AttemptTimeout, AttemptTimeoutLayer};
 pub use body::{BodyDeadline, TimeoutBody};
 pub use deadline::{CallDeadline, DeadlineLayer};
 pub use error::{AttemptTimedOut, BodyTimedOut, DeadlineExceeded};
