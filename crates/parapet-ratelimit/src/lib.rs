@@ -38,25 +38,34 @@
 //!
 //! # Where these layers go
 //!
-//! The recommended stack, outermost first:
+//! The recommended stack (the one `parapet::Client` assembles), outermost
+//! first:
 //!
 //! ```text
-//! request id + trace → deadline → retry → THROTTLE → RATE LIMIT → auth
-//!     → CONCURRENCY LIMIT → attempt timeout → hyper-util client
+//! request id → call span → deadline → retry → redirect → attempt span
+//!     → auth → THROTTLE → RATE LIMIT → CONCURRENCY LIMIT
+//!     → attempt timeout → decompression → transport
 //! ```
 //!
 //! - **Inside retry**, all three: every attempt waits at the gate, spends a
 //!   token and takes a slot, because every attempt is a request the server
 //!   counts. A retry that waits out a `Retry-After` finds the gate open; one
-//!   that did not honour it waits at the gate.
+//!   that did not honour it waits at the gate. Each redirect hop is such an
+//!   attempt too.
 //! - **Throttle outside the rate limit**: a call held at a closed gate has
 //!   spent no token, so the bucket is full when the server lets us back in,
 //!   and the gate sees the response of every attempt.
-//! - **Rate limit outside auth**: a call that is going to wait for its token
-//!   does not fetch a credential first, and a token refresh is not itself
-//!   rate limited as an API call.
+//! - **Throttle and rate limit inside auth**: every request that leaves,
+//!   auth's re-send after a 401 included, passes the gate and counts
+//!   against the quota. (With auth below them, that re-send went out
+//!   within a millisecond of the refused request whatever the quota.) The
+//!   price: a call that will wait at a limiter fetches its credential
+//!   first, and waits with it on; the token fetch itself goes to the token
+//!   endpoint through its own client and is not rate limited as an API
+//!   call.
 //! - **Concurrency limit inside auth**: a slow token fetch does not sit on
-//!   a slot that another call could use.
+//!   a slot that another call could use; the re-send after a 401 takes a
+//!   slot of its own.
 //! - **Concurrency limit outside the attempt timeout**: the wait for a slot
 //!   is not counted against the attempt (only the deadline bounds it), and
 //!   an attempt that times out is dropped, which frees its slot.
