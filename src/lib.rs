@@ -59,6 +59,7 @@ mod classify;
 mod client;
 mod decompress;
 mod error;
+pub mod multipart;
 mod optional;
 mod overrides;
 mod proxy;
@@ -66,6 +67,7 @@ mod redirect;
 mod response;
 mod stack;
 mod transport;
+pub mod upload;
 
 pub use body::{Body, BytesStream, NdjsonStream};
 pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
