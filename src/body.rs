@@ -18,6 +18,13 @@ use crate::error::{Error, Kind};
 /// A response body: the bytes as they arrive, with every layer's body
 /// timeouts and limits applied.
 ///
+/// Polled directly (as an `http_body::Body`), a body that broke while its
+/// request could be re-sent yields a
+/// [`BodyRestart`](parapet_retry::BodyRestart) error; polling on after it
+/// re-sends the request and yields the new response's body from its start
+/// (see [`RetryBody`](parapet_retry::RetryBody)). Stop at the error to
+/// have nothing re-sent.
+///
 /// `Send + Sync`, so a [`Response`](crate::Response) can be held by
 /// reference across an `.await` in a spawned task or an axum handler. The
 /// layers' bodies need not be `Sync`: the body is only ever polled through
@@ -85,11 +92,52 @@ impl fmt::Debug for Body {
     }
 }
 
+/// Whether a body's error is the retry layer's
+/// [`BodyRestart`](parapet_retry::BodyRestart): what was read is to be
+/// dropped, and polling again re-sends the request.
+fn is_restart(e: &BoxError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+    while let Some(e) = cur {
+        if e.is::<parapet_retry::BodyRestart>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The facade error for a body's error: a body that broke and could not be
+/// read again after a re-sent request
+/// ([`BodyRestartFailed`](parapet_retry::BodyRestartFailed), or a
+/// `BodyRestart` a streaming reader stops at) is a body error whatever
+/// ended the re-sent call; anything else as the layers' errors say.
+pub(crate) fn read_error(e: BoxError) -> Error {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+    while let Some(c) = cur {
+        if c.is::<parapet_retry::BodyRestart>() || c.is::<parapet_retry::BodyRestartFailed>() {
+            return Error::new(Kind::Body, Some(e));
+        }
+        cur = c.source();
+    }
+    crate::classify::body_error(e)
+}
+
 /// Reads a body to its end, failing if it passes `limit` bytes.
+///
+/// A body that broke and whose request is being re-sent
+/// ([`BodyRestart`](parapet_retry::BodyRestart)) is read again from the
+/// start: what was collected is dropped.
 pub(crate) async fn collect_limited(body: &mut Body, limit: usize) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(crate::classify::body_error)?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) if is_restart(&e) => {
+                buf.clear();
+                continue;
+            }
+            Err(e) => return Err(read_error(e)),
+        };
         if let Ok(data) = frame.into_data() {
             if buf.len().saturating_add(data.len()) > limit {
                 return Err(Error::new(
@@ -104,7 +152,8 @@ pub(crate) async fn collect_limited(body: &mut Body, limit: usize) -> Result<Byt
 }
 
 /// Reads at most `limit` bytes of a body, ignoring errors (for error
-/// snippets).
+/// snippets); a body that broke and whose request is being re-sent is read
+/// again from the start.
 pub(crate) async fn snippet(body: &mut Body, limit: usize) -> Bytes {
     let mut buf = BytesMut::new();
     while buf.len() < limit {
@@ -115,6 +164,7 @@ pub(crate) async fn snippet(body: &mut Body, limit: usize) -> Bytes {
                     buf.extend_from_slice(data.get(..take).unwrap_or_default());
                 }
             }
+            Some(Err(e)) if is_restart(&e) => buf.clear(),
             _ => break,
         }
     }
@@ -123,14 +173,20 @@ pub(crate) async fn snippet(body: &mut Body, limit: usize) -> Bytes {
 
 /// The body's data chunks as a stream, from
 /// [`Response::bytes_stream`](crate::Response::bytes_stream).
+///
+/// After an error the stream ends. A body that breaks is not read again:
+/// the chunks already yielded cannot be taken back, so a body the retry
+/// layer could re-send ([`BodyRestart`](parapet_retry::BodyRestart)) ends
+/// the stream with a body error too, and nothing is re-sent.
 #[must_use = "streams do nothing unless polled"]
 pub struct BytesStream {
     body: Body,
+    done: bool,
 }
 
 impl BytesStream {
     pub(crate) fn new(body: Body) -> Self {
-        Self { body }
+        Self { body, done: false }
     }
 }
 
@@ -138,12 +194,18 @@ impl Stream for BytesStream {
     type Item = Result<Bytes, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
         loop {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(crate::classify::body_error(e))));
+                    // NOTE: polling on would be the opt-in to a restart
+                    // (the body from its start, after what was yielded).
+                    self.done = true;
+                    return Poll::Ready(Some(Err(read_error(e))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
@@ -165,7 +227,9 @@ impl fmt::Debug for BytesStream {
 /// [`Response::ndjson`](crate::Response::ndjson).
 ///
 /// Blank lines are skipped; a line that does not decode yields an error
-/// naming the line number and the field path, and the stream goes on.
+/// naming the line number and the field path, and the stream goes on. An
+/// error reading the body ends the stream; a body that breaks is not read
+/// again (as with [`BytesStream`]), and nothing is re-sent.
 #[must_use = "streams do nothing unless polled"]
 pub struct NdjsonStream<T> {
     body: Body,
@@ -278,7 +342,7 @@ impl<T: DeserializeOwned> Stream for NdjsonStream<T> {
                     this.done = true;
                     this.buf.clear();
                     this.scanned = 0;
-                    return Poll::Ready(Some(Err(crate::classify::body_error(e))));
+                    return Poll::Ready(Some(Err(read_error(e))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(mut data) = frame.into_data() {

@@ -27,6 +27,18 @@ const MAX_NDJSON_LINE: usize = 1024 * 1024;
 /// consuming methods. Every reader is bounded ([`DEFAULT_BODY_LIMIT`]), and a
 /// body cut short by the network or a timeout is an error, never a short
 /// success.
+///
+/// A body that breaks after the headers (a reset, an end before its
+/// `Content-Length`) of a request that may be sent again (an idempotent
+/// method, or a trusted `Idempotency-Key`) is read again from a re-sent
+/// request by the readers that take the whole body (`bytes`,
+/// `bytes_limited`, `text`, `json`, and `error_for_status` for its
+/// snippet), within the call's attempts, deadline and retry budget: what
+/// was read is dropped, and the new response's body is read from its
+/// start, provided it has the same status (else the read fails with a
+/// body error). A streaming read (`bytes_stream`, `ndjson`) is not
+/// restarted: the break is a body error, and nothing is re-sent. A POST's
+/// broken body is never re-sent.
 #[derive(Debug)]
 pub struct Response {
     inner: http::Response<Body>,
@@ -190,7 +202,9 @@ impl Response {
     }
 
     /// The whole body, up to [`DEFAULT_BODY_LIMIT`] (or the request's
-    /// [`body_limit`](crate::RequestBuilder::body_limit)).
+    /// [`body_limit`](crate::RequestBuilder::body_limit)). A body that
+    /// breaks is read again from a re-sent request when the request may be
+    /// sent again (see [`Response`]).
     ///
     /// # Errors
     ///
@@ -232,11 +246,19 @@ impl Response {
     }
 
     /// The body's chunks as they arrive.
+    ///
+    /// A body that breaks ends the stream with a body error
+    /// ([`is_body`](Error::is_body)), even when the request could be sent
+    /// again: the chunks already yielded cannot be taken back, so a
+    /// streaming read is never restarted and nothing is re-sent.
     pub fn bytes_stream(self) -> BytesStream {
         BytesStream::new(self.inner.into_body())
     }
 
     /// The body as a stream of newline-delimited JSON items.
+    ///
+    /// As with [`bytes_stream`](Self::bytes_stream), a body that breaks
+    /// ends the stream with a body error and is not read again.
     pub fn ndjson<T: DeserializeOwned>(self) -> NdjsonStream<T> {
         NdjsonStream::new(self.inner.into_body(), MAX_NDJSON_LINE)
     }
