@@ -200,3 +200,66 @@ async fn a_huge_retry_after_is_reported_clamped() {
     assert!(err.is_rate_limited());
     assert_eq!(err.retry_after(), Some(parapet::DEFAULT_MAX_SERVER_WAIT));
 }
+
+/// A provider that issues `token-1`, `token-2`, ... and counts its fetches.
+fn counting_provider() -> (AuthLayer, Arc<AtomicU32>) {
+    let fetches = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&fetches);
+    let provider = provider_fn(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            Ok::<_, TokenError>(
+                Token::new(format!("token-{n}")).with_expires_in(Duration::from_secs(600)),
+            )
+        }
+    });
+    (AuthLayer::provider(provider), fetches)
+}
+
+/// Issue 15, must-fix 5, the throttle's half: a 401 whose headers close the
+/// host's gate (an exhausted `RateLimit` window of 1 s) holds auth's
+/// re-send until the gate opens again.
+#[tokio::test]
+async fn the_resend_after_a_401_waits_for_the_throttle_gate() {
+    let server = Server::start().await;
+    server.on("/me").handle(|a| {
+        if a.header("authorization") == Some("Bearer token-2") {
+            Reply::ok().body("hello")
+        } else {
+            Reply::status(401)
+                .header("www-authenticate", "Bearer error=\"invalid_token\"")
+                .header("ratelimit", "\"default\";r=0;t=1")
+        }
+    });
+    let (auth, fetches) = counting_provider();
+    let client = fast().auth(auth).base_url(server.url("/")).build().unwrap();
+    let resp = client.get("/me").send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "hello");
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    let arrivals = server.arrivals_for("/me");
+    assert_eq!(arrivals.len(), 2);
+    let gap = arrivals[1].at.duration_since(arrivals[0].at);
+    // Below the throttle, the re-send left at once, into a closed window.
+    assert!(gap >= Duration::from_millis(900), "re-sent after {gap:?}");
+}
+
+/// Issue 15, must-fix 4, against a real API: one that refuses every token
+/// costs two fetches for 50 calls (the first 401 recovers at once, the
+/// token fetched for it, refused too, is not refetched within the
+/// cool-down), and each call after the first sends one request and returns
+/// the 401.
+#[tokio::test]
+async fn an_api_refusing_every_token_does_not_cost_a_fetch_per_call() {
+    let server = Server::start().await;
+    server
+        .on("/me")
+        .reply(Reply::status(401).header("www-authenticate", "Bearer error=\"invalid_token\""));
+    let (auth, fetches) = counting_provider();
+    let client = fast().auth(auth).base_url(server.url("/")).build().unwrap();
+    for _ in 0..50 {
+        let resp = client.get("/me").send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(server.hits("/me"), 51);
+}
