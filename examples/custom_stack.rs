@@ -33,12 +33,20 @@ async fn main() -> Result<(), BoxError> {
     api.on("/v1/things")
         .replies([Reply::status(503), Reply::ok().body("a thing")]);
 
+    // The innermost service takes `Request<ReplayBody>`: the retry and auth
+    // layers record the body as it is sent, so that they can send it again.
+    // A service for another body type (`Full<Bytes>`, `String`, axum's
+    // `Body`) fails to compile with "the trait bound `Service<Request<
+    // ReplayBody>>` is not satisfied"; take `ReplayBody` or put
+    // `tower::ServiceExt::map_request` in front of it.
     let hyper: HyperClient<_, ReplayBody> = HyperClient::builder(TokioExecutor::new()).build_http();
 
+    // `parapet::default_retry_policy()` is the builder's own policy; this one
+    // changes two settings and keeps the classifier, which knows the
+    // sibling layers' errors.
     let policy = RetryPolicy::builder()
         .max_attempts(4)
         .base_delay(Duration::from_millis(50))
-        // The facade's classifier knows the sibling layers' errors.
         .classify(parapet::retry_classifier)
         .build()?;
 

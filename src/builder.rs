@@ -365,6 +365,44 @@ impl ClientBuilder {
     /// Builds the client over another innermost service instead of
     /// hyper-util (an in-process service for tests and benchmarks, say).
     ///
+    /// # What the service must take
+    ///
+    /// The stack hands its innermost service an
+    /// `http::Request<`[`ReplayBody`](parapet_core::ReplayBody)`>`: the
+    /// request body is recorded as it is sent, so that a retry or the
+    /// re-send after a 401 can send it again. A service written for
+    /// `Request<Full<Bytes>>`, `Request<String>` or axum's `Request<Body>`
+    /// does not fit, and the compiler says the trait bound
+    /// `Service<Request<ReplayBody>>` is not satisfied: take
+    /// `Request<ReplayBody>` (it is an `http_body::Body` of `Bytes`, read it
+    /// like any other), or map the request before your service with
+    /// `tower::ServiceExt::map_request`. The response may have any body of
+    /// `Bytes`; errors go into [`BoxError`](parapet_core::BoxError).
+    ///
+    /// The same holds for the innermost service of a stack built by hand
+    /// from the layer crates (`examples/custom_stack.rs`): hyper-util's
+    /// client there is a `Client<_, ReplayBody>`.
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use parapet::core::ReplayBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), parapet::Error> {
+    /// // An in-process upstream that echoes the request body.
+    /// let echo = tower::service_fn(|req: Request<ReplayBody>| async move {
+    ///     let body = req.into_body().collect().await?.to_bytes();
+    ///     Ok::<_, parapet::core::BoxError>(Response::new(Full::new(body)))
+    /// });
+    /// let client = parapet::Client::builder()
+    ///     .base_url("http://in-process.test")
+    ///     .build_with(echo)
+    ///     .expect("valid configuration");
+    /// let text = client.post("echo").body("ping").send().await?.text().await?;
+    /// assert_eq!(text, "ping");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`build`](Self::build).

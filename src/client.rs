@@ -121,9 +121,11 @@ impl Client {
     }
 
     /// Starts a request with any method. `url` is a path resolved against
-    /// the base URL, or an absolute URL.
-    pub fn request(&self, method: Method, url: &str) -> RequestBuilder {
-        let uri = self.resolve(url);
+    /// the base URL, or an absolute URL: a string (`&str`, `String`,
+    /// `&String`), parsed on each call, or an [`http::Uri`] parsed once
+    /// beforehand (`Uri`, `&Uri`); see [`IntoUrl`].
+    pub fn request(&self, method: Method, url: impl IntoUrl) -> RequestBuilder {
+        let uri = url.resolve(self);
         RequestBuilder {
             client: self.clone(),
             parts: uri.map(|uri| {
@@ -136,28 +138,28 @@ impl Client {
         }
     }
 
-    /// Starts a GET.
-    pub fn get(&self, url: &str) -> RequestBuilder {
+    /// Starts a GET; `url` as for [`request`](Self::request).
+    pub fn get(&self, url: impl IntoUrl) -> RequestBuilder {
         self.request(Method::GET, url)
     }
 
-    /// Starts a POST.
-    pub fn post(&self, url: &str) -> RequestBuilder {
+    /// Starts a POST; `url` as for [`request`](Self::request).
+    pub fn post(&self, url: impl IntoUrl) -> RequestBuilder {
         self.request(Method::POST, url)
     }
 
-    /// Starts a PUT.
-    pub fn put(&self, url: &str) -> RequestBuilder {
+    /// Starts a PUT; `url` as for [`request`](Self::request).
+    pub fn put(&self, url: impl IntoUrl) -> RequestBuilder {
         self.request(Method::PUT, url)
     }
 
-    /// Starts a PATCH.
-    pub fn patch(&self, url: &str) -> RequestBuilder {
+    /// Starts a PATCH; `url` as for [`request`](Self::request).
+    pub fn patch(&self, url: impl IntoUrl) -> RequestBuilder {
         self.request(Method::PATCH, url)
     }
 
-    /// Starts a DELETE.
-    pub fn delete(&self, url: &str) -> RequestBuilder {
+    /// Starts a DELETE; `url` as for [`request`](Self::request).
+    pub fn delete(&self, url: impl IntoUrl) -> RequestBuilder {
         self.request(Method::DELETE, url)
     }
 
@@ -192,6 +194,23 @@ impl Client {
             format!("/{url}").parse()
         }
         .map_err(Error::request)?;
+        self.absolute(uri)
+    }
+
+    /// An already parsed URI: absolute as it is, relative (a path and
+    /// query) resolved against the base URL as a string's would be.
+    fn resolve_uri(&self, uri: Uri) -> Result<Uri, Error> {
+        if uri.scheme().is_none() && uri.authority().is_some() {
+            // `Uri` parses `api.example.com` or `users` as an authority:
+            // sending it to the base URL's host would lose what was meant.
+            return Err(Error::request(format!(
+                "URL {uri} has a host but no scheme: write it like https://{uri}/ or, for a \
+                 path, /{uri}"
+            )));
+        }
+        if uri.scheme().is_some() {
+            check_scheme(&uri).map_err(Error::request)?;
+        }
         self.absolute(uri)
     }
 
@@ -251,6 +270,84 @@ impl Client {
         ))
     }
 }
+
+/// What [`Client::get`] and the other request methods take as a URL: a
+/// string (`&str`, `String`, `&String`) or an [`http::Uri`] (`Uri`,
+/// `&Uri`).
+///
+/// A string is parsed on every call; a `Uri` parsed once and kept (a
+/// `static`, a field of your API client) is not parsed again. Either is
+/// resolved the same way: an absolute URL (`https://host/path`) is used as
+/// it is, a relative one (`orders/7`, `/orders/7?page=2`) is appended to the
+/// base URL's path.
+///
+/// ```
+/// use http::Uri;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), parapet::Error> {
+/// # let api = parapet_testkit::Server::start().await;
+/// # api.on("/v1/orders").reply(parapet_testkit::Reply::json("[]"));
+/// let client = parapet::Client::builder().base_url(api.url("/v1")).build().unwrap();
+///
+/// // Parsed once, sent many times.
+/// let orders: Uri = "/orders?page=1".parse().unwrap();
+/// for _ in 0..3 {
+///     client.get(&orders).send().await?.error_for_status().await?;
+/// }
+/// assert_eq!(api.arrivals_for("/v1/orders").len(), 3);
+/// # Ok(()) }
+/// ```
+///
+/// The trait is sealed: only the types above implement it.
+pub trait IntoUrl: into_url::Sealed {}
+
+mod into_url {
+    use http::Uri;
+
+    use super::Client;
+    use crate::error::Error;
+
+    /// Resolves the URL against the client's base URL.
+    pub trait Sealed {
+        fn resolve(self, client: &Client) -> Result<Uri, Error>;
+    }
+
+    impl Sealed for &str {
+        fn resolve(self, client: &Client) -> Result<Uri, Error> {
+            client.resolve(self)
+        }
+    }
+
+    impl Sealed for String {
+        fn resolve(self, client: &Client) -> Result<Uri, Error> {
+            client.resolve(&self)
+        }
+    }
+
+    impl Sealed for &String {
+        fn resolve(self, client: &Client) -> Result<Uri, Error> {
+            client.resolve(self)
+        }
+    }
+
+    impl Sealed for Uri {
+        fn resolve(self, client: &Client) -> Result<Uri, Error> {
+            client.resolve_uri(self)
+        }
+    }
+
+    impl Sealed for &Uri {
+        fn resolve(self, client: &Client) -> Result<Uri, Error> {
+            client.resolve_uri(self.clone())
+        }
+    }
+}
+
+impl IntoUrl for &str {}
+impl IntoUrl for String {}
+impl IntoUrl for &String {}
+impl IntoUrl for Uri {}
+impl IntoUrl for &Uri {}
 
 /// The response with its body bounded to `limit` bytes, when the request
 /// set a [`BodyLimit`] (one more box then; none otherwise).
@@ -726,5 +823,70 @@ impl fmt::Debug for RequestBuilder {
             d.field("method", req.method());
         }
         d.finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http::{Response, Uri};
+    use http_body_util::Full;
+
+    use super::*;
+
+    /// A client over an in-process service that records each request's URI.
+    fn recording_client(base: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: Request<ReplayBody>| {
+            log.lock().unwrap().push(req.uri().to_string());
+            async { Ok::<_, BoxError>(Response::new(Full::new(Bytes::new()))) }
+        });
+        let client = Client::builder()
+            .base_url(base)
+            .retry_off()
+            .build_with(svc)
+            .unwrap();
+        (client, seen)
+    }
+
+    #[tokio::test]
+    async fn a_uri_is_taken_as_a_string_would_be() {
+        let (client, seen) = recording_client("http://api.test/v1");
+        let absolute: Uri = "http://other.test/x?y=1".parse().unwrap();
+        let relative: Uri = "/orders?page=2".parse().unwrap();
+        client.get(&absolute).send().await.unwrap();
+        client.get(absolute).send().await.unwrap();
+        client.get(&relative).send().await.unwrap();
+        client.delete(relative).send().await.unwrap();
+        client.get("/orders?page=2").send().await.unwrap();
+        client.post(String::from("orders/7")).send().await.unwrap();
+        client.put(&format!("orders/{}", 8)).send().await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "http://other.test/x?y=1",
+                "http://other.test/x?y=1",
+                "http://api.test/v1/orders?page=2",
+                "http://api.test/v1/orders?page=2",
+                "http://api.test/v1/orders?page=2",
+                "http://api.test/v1/orders/7",
+                "http://api.test/v1/orders/8",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_uri_with_a_host_and_no_scheme_is_refused_before_sending() {
+        let (client, seen) = recording_client("http://api.test/v1");
+        let hostlike: Uri = "api.example.com".parse().unwrap();
+        let err = client.get(hostlike).send().await.unwrap_err();
+        assert!(err.is_request());
+        assert!(err.to_string().contains("no scheme"), "{err}");
+        let ftp: Uri = "ftp://files.test/a".parse().unwrap();
+        let err = client.get(&ftp).send().await.unwrap_err();
+        assert!(err.is_request());
+        assert!(seen.lock().unwrap().is_empty());
     }
 }

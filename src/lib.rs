@@ -71,7 +71,7 @@ pub mod upload;
 
 pub use body::{Body, BytesStream, NdjsonStream};
 pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
-pub use client::{Client, RequestBuilder, ResponseFuture, UnsupportedScheme};
+pub use client::{Client, IntoUrl, RequestBuilder, ResponseFuture, UnsupportedScheme};
 pub use error::{Error, InvalidConfig};
 pub use overrides::BodyLimit;
 pub use proxy::{Proxy, ProxyError};
@@ -82,7 +82,7 @@ pub use redirect::{
 pub use response::{DEFAULT_BODY_LIMIT, JsonError, Response};
 pub use transport::{Certificate, Identity};
 
-pub use stack::{DEFAULT_MAX_SERVER_WAIT, retry_classifier};
+pub use stack::{DEFAULT_MAX_SERVER_WAIT, default_retry_policy, retry_classifier};
 
 pub use parapet_auth as auth;
 pub use parapet_core as core;

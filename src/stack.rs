@@ -164,6 +164,49 @@ pub fn retry_classifier(outcome: &Outcome<'_>) -> Verdict {
     Verdict::Default
 }
 
+/// The retry policy [`ClientBuilder`](crate::ClientBuilder) uses unless told
+/// otherwise: parapet-retry's defaults (3 attempts, idempotent requests
+/// only, backoff from 100 ms with full jitter capped at 20 s, `Retry-After`
+/// obeyed up to 60 s, a 20 % retry budget) with [`retry_classifier`].
+///
+/// A hand-built stack takes it as it is, so that its retry layer decides as
+/// the builder's does:
+///
+/// ```
+/// use parapet::retry::RetryLayer;
+///
+/// let policy = parapet::default_retry_policy();
+/// assert_eq!(policy.max_attempts(), 3);
+/// let layer = RetryLayer::new(policy);
+/// # drop(layer);
+/// ```
+///
+/// To change a setting, start from `RetryPolicy::builder()` and add the
+/// classifier with `.classify(parapet::retry_classifier)`.
+#[must_use]
+pub fn default_retry_policy() -> RetryPolicy {
+    match default_policy(3, false) {
+        Ok(policy) => policy,
+        // NOTE: unreachable: parapet-retry's defaults with three attempts
+        // always build (a unit test below says so); were that ever to
+        // change, the crate's own default is the closest policy.
+        Err(_) => RetryPolicy::default(),
+    }
+}
+
+/// The default policy with `max_attempts` and trusted `Idempotency-Key`s
+/// as given.
+fn default_policy(
+    max_attempts: u32,
+    trust_idempotency_key: bool,
+) -> Result<RetryPolicy, parapet_retry::InvalidRetryPolicy> {
+    RetryPolicy::builder()
+        .max_attempts(max_attempts)
+        .idempotency(IdempotencyRules::new().trust_idempotency_key(trust_idempotency_key))
+        .classify(retry_classifier)
+        .build()
+}
+
 /// `error.type` for spans: parapet's own errors by name, then the trace
 /// crate's defaults.
 fn error_type(e: &(dyn StdError + 'static)) -> &'static str {
@@ -208,13 +251,7 @@ impl LayerConfig {
                         "zero attempts: a call needs at least one (use retry_off() for no retries)",
                     ));
                 }
-                let policy = RetryPolicy::builder()
-                    .max_attempts(*max_attempts)
-                    .idempotency(
-                        IdempotencyRules::new().trust_idempotency_key(*trust_idempotency_key),
-                    )
-                    .classify(retry_classifier)
-                    .build()
+                let policy = default_policy(*max_attempts, *trust_idempotency_key)
                     .map_err(|e| InvalidConfig::new(e.to_string()))?;
                 Ok(Some(RetryLayer::new(policy)))
             }
@@ -382,4 +419,19 @@ pub(crate) fn layer_kind(e: &(dyn StdError + 'static)) -> Option<(Kind, Option<D
 /// Whether `e` is one of the redirect layer's errors.
 fn is_redirect_error(e: &(dyn StdError + 'static)) -> bool {
     e.is::<TooManyRedirects>() || e.is::<RedirectLoop>() || e.is::<InsecureRedirect>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_retry_policy_is_the_builders_with_its_classifier() {
+        let policy = default_policy(3, false).expect("the defaults build");
+        let public = default_retry_policy();
+        assert_eq!(public.max_attempts(), policy.max_attempts());
+        assert_eq!(public.max_retry_after(), policy.max_retry_after());
+        assert_eq!(public.budget(), policy.budget());
+        assert_eq!(format!("{public:?}"), format!("{policy:?}"));
+    }
 }
