@@ -250,11 +250,16 @@ where
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(Some(Err(e))) => {
+                // The timer goes with the wait it was armed for; a poll
+                // after the error (a body that restarts, as the retry
+                // layer's can) arms a new one.
                 *this.timer = None;
+                *this.armed = None;
                 return Poll::Ready(Some(Err(e.into())));
             }
             Poll::Ready(None) => {
                 *this.timer = None;
+                *this.armed = None;
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
@@ -572,5 +577,49 @@ mod tests {
             err.downcast_ref::<std::io::Error>().unwrap().to_string(),
             "reset by peer"
         );
+    }
+
+    /// A body polled again after an error (the retry layer's restarts)
+    /// is still bounded: the timer armed before the error went with it,
+    /// and the next wait arms a new one at the same deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_polled_on_after_an_error_is_still_cut_at_the_deadline() {
+        /// Waits 1 s, fails once, then never yields again.
+        struct FailsThenStalls {
+            sleep: Pin<Box<tokio::time::Sleep>>,
+            failed: bool,
+        }
+        impl Body for FailsThenStalls {
+            type Data = Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+                if self.failed {
+                    return Poll::Pending;
+                }
+                std::task::ready!(self.sleep.as_mut().poll(cx));
+                self.failed = true;
+                Poll::Ready(Some(Err(std::io::Error::other("reset by peer"))))
+            }
+        }
+        let start = Instant::now();
+        let deadline = Deadline::after(3 * SEC);
+        let body = TimeoutBody::unlimited(FailsThenStalls {
+            sleep: Box::pin(tokio::time::sleep(SEC)),
+            failed: false,
+        })
+        .with_deadline(deadline);
+        let mut body = std::pin::pin!(body);
+        let first = body.frame().await.unwrap().unwrap_err();
+        assert!(first.downcast_ref::<std::io::Error>().is_some());
+        assert_elapsed(start, SEC);
+        let second = body.frame().await.unwrap().unwrap_err();
+        assert!(
+            second.downcast_ref::<DeadlineExceeded>().is_some(),
+            "{second}"
+        );
+        assert_elapsed(start, 3 * SEC);
     }
 }
