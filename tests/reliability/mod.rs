@@ -306,6 +306,12 @@ pub enum Via {
 }
 
 impl Via {
+    /// Whether this is the facade (whose whole-body readers re-send a
+    /// broken body) rather than the hand-built stack.
+    pub fn is_facade(&self) -> bool {
+        matches!(self, Self::Facade(_))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Facade(_) => "facade",
