@@ -37,7 +37,7 @@
 //! let form = Form::new()
 //!     .text("user", "ada")
 //!     .part("avatar", Part::file(&path).await?);
-//! let client = parapet::Client::new()?;
+//! let client = parapet::Client::new().unwrap();
 //! let resp = client.post(&api.url("/avatars")).multipart(form).send().await?;
 //! assert_eq!(resp.status(), 201);
 //!
@@ -480,7 +480,7 @@ impl RequestBuilder {
     /// let form = Form::new()
     ///     .text("kind", "contacts")
     ///     .part("data", Part::bytes(&b"name\nada\n"[..]).file_name("contacts.csv"));
-    /// let client = parapet::Client::new()?;
+    /// let client = parapet::Client::new().unwrap();
     /// // A PUT is retried after the 503; the form is sent again, byte for byte.
     /// client.put(&api.url("/import")).multipart(form).send().await?.error_for_status().await?;
     /// let arrivals = api.arrivals_for("/import");

@@ -32,7 +32,7 @@
 //! let path = std::env::temp_dir().join(format!("parapet-doc-upload-{}", std::process::id()));
 //! std::fs::write(&path, b"the file's bytes").unwrap();
 //!
-//! let client = parapet::Client::new()?;
+//! let client = parapet::Client::new().unwrap();
 //! let resp = client.put(&api.url("/upload")).body_file(&path).await?.send().await?;
 //! assert_eq!(resp.status(), 200);
 //!
@@ -89,7 +89,7 @@ impl RequestBuilder {
     /// let lines = ["one\n", "two\n"].map(|l| Ok::<_, std::io::Error>(Bytes::from(l)));
     /// let stream = futures_util::stream::iter(lines);
     ///
-    /// let client = parapet::Client::new()?;
+    /// let client = parapet::Client::new().unwrap();
     /// client.put(&api.url("/logs")).body_stream(stream).send().await?;
     /// assert_eq!(api.arrivals()[0].body, "one\ntwo\n");
     /// assert_eq!(api.arrivals()[0].header("transfer-encoding"), Some("chunked"));
@@ -120,7 +120,7 @@ impl RequestBuilder {
     ///
     /// // Anything `AsyncRead`: a socket, a pipe, a decompressor, a slice.
     /// let reader: &'static [u8] = b"read from a reader";
-    /// let client = parapet::Client::new()?;
+    /// let client = parapet::Client::new().unwrap();
     /// client.put(&api.url("/upload")).body_reader(reader).send().await?;
     /// assert_eq!(api.arrivals()[0].body, "read from a reader");
     /// # Ok(()) }
@@ -163,7 +163,7 @@ impl RequestBuilder {
     /// let path = std::env::temp_dir().join(format!("parapet-doc-file-{}", std::process::id()));
     /// std::fs::write(&path, b"0123456789").unwrap();
     ///
-    /// let client = parapet::Client::new()?;
+    /// let client = parapet::Client::new().unwrap();
     /// client.put(&api.url("/upload")).body_file(&path).await?.send().await?;
     /// assert_eq!(api.arrivals()[0].body, "0123456789");
     /// assert_eq!(api.arrivals()[0].header("content-length"), Some("10"));
@@ -547,7 +547,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_body_is_read_whole_and_reopened_for_a_replay() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         let path = temp_file("whole", &data);
         let source = FileSource::open(&path).await.unwrap();
         let body = source.into_body();

@@ -194,7 +194,7 @@ async fn text_bytes_and_a_file_arrive_field_by_field_with_a_content_length() {
 #[tokio::test]
 async fn a_form_with_a_file_is_sent_again_byte_for_byte_after_a_503() {
     let big: Vec<u8> = (0..DEFAULT_REPLAY_CAP * 3)
-        .map(|i| (i % 253) as u8)
+        .map(|i| u8::try_from(i % 253).unwrap())
         .collect();
     let file = TempFile::new("dump.bin", &big);
     let api = Server::start().await;

@@ -60,7 +60,9 @@ impl Drop for TempFile {
 /// `len` bytes that are not all the same, so a reordered or shifted body
 /// shows.
 fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    (0..len)
+        .map(|i| u8::try_from(i * 31 % 251).unwrap())
+        .collect()
 }
 
 /// `data` as a stream of 4 KiB chunks.
