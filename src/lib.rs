@@ -72,7 +72,7 @@ pub mod upload;
 pub use body::{Body, BytesStream, NdjsonStream};
 pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
 pub use client::{Client, IntoUrl, RequestBuilder, ResponseFuture, UnsupportedScheme};
-pub use error::{Error, InvalidConfig};
+pub use error::{Error, InvalidConfig, WaitSource};
 pub use overrides::BodyLimit;
 pub use proxy::{Proxy, ProxyError};
 pub use redirect::{

@@ -39,7 +39,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::attempts::RecordAttemptLayer;
 use crate::body::Body;
 use crate::client::Stack;
-use crate::error::{InvalidConfig, Kind};
+use crate::error::{InvalidConfig, Kind, WaitSource};
 use crate::optional::Optional;
 use crate::redirect::{
     InsecureRedirect, OriginAuthLayer, RedirectLayer, RedirectLoop, RedirectPolicy,
@@ -393,28 +393,42 @@ where
     res.map(Body::new)
 }
 
-/// What a layer's own error type says happened, if `e` is one.
-pub(crate) fn layer_kind(e: &(dyn StdError + 'static)) -> Option<(Kind, Option<Duration>)> {
+/// What a layer's own error type says happened, if `e` is one: its kind,
+/// the wait it reports (unclamped) and who said to wait.
+///
+/// The throttle's [`Throttled`] is the server's wait remembered by the
+/// client's gate ([`WaitSource::ServerGate`]); the rate limit's
+/// [`RateLimited`] and the concurrency limit's [`ConcurrencyLimited`] are
+/// the client's own ([`WaitSource::Local`]). All three mean nothing was
+/// sent.
+pub(crate) fn layer_kind(e: &(dyn StdError + 'static)) -> Option<Classified> {
     if e.is::<DeadlineExceeded>() || e.is::<AttemptTimedOut>() || e.is::<BodyTimedOut>() {
-        return Some((Kind::Timeout, None));
+        return Some((Kind::Timeout, None, None));
     }
     if let Some(r) = e.downcast_ref::<RateLimited>() {
-        return Some((Kind::RateLimited, Some(r.wait())));
+        return Some((Kind::RateLimited, Some(r.wait()), Some(WaitSource::Local)));
     }
     if let Some(t) = e.downcast_ref::<Throttled>() {
-        return Some((Kind::RateLimited, Some(t.wait())));
+        return Some((
+            Kind::RateLimited,
+            Some(t.wait()),
+            Some(WaitSource::ServerGate),
+        ));
     }
     if e.is::<ConcurrencyLimited>() {
-        return Some((Kind::RateLimited, None));
+        return Some((Kind::RateLimited, None, Some(WaitSource::Local)));
     }
     if e.is::<TokenError>() {
-        return Some((Kind::Auth, None));
+        return Some((Kind::Auth, None, None));
     }
     if is_redirect_error(e) {
-        return Some((Kind::Redirect, None));
+        return Some((Kind::Redirect, None, None));
     }
     None
 }
+
+/// An error's kind, the wait it reports and who said to wait.
+pub(crate) type Classified = (Kind, Option<Duration>, Option<WaitSource>);
 
 /// Whether `e` is one of the redirect layer's errors.
 fn is_redirect_error(e: &(dyn StdError + 'static)) -> bool {
