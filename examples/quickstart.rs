@@ -125,7 +125,15 @@ async fn main() -> Result<(), Error> {
         .error_for_status()
         .await
         .unwrap_err();
-    println!("   error: {err} (retryable: {})", err.is_retryable());
+    println!("   error: {err}");
+    // A 503 is the kind of failure that may pass later (is_retryable), but
+    // this call was not retried: the message says why, attempts() how often.
+    println!(
+        "   sent {} time(s); is_retryable: {} (a 503 may pass later: add .idempotency_key() \
+         to let the client retry it)",
+        err.attempts().unwrap_or(1),
+        err.is_retryable()
+    );
 
     step("What the API saw");
     for a in api.arrivals() {
@@ -221,15 +229,78 @@ fn script_the_api(api: &Server, tokens: &Arc<Mutex<Tokens>>) {
     api.on("/v1/refunds").reply(Reply::status(503));
 }
 
-/// Prints each event as one short line: its message and the few fields
-/// that tell the story (attempt, delay and where it came from, status).
+/// Prints each event as one short line: the request it belongs to (method
+/// and path, from the innermost parapet span around it), its message and
+/// the few fields that tell the story (attempt, delay and where it came
+/// from, status).
 struct Account;
 
-impl<S: tracing::Subscriber> Layer<S> for Account {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+/// The request a span is about, kept in the span's extensions.
+struct SpanRequest {
+    method: String,
+    path: String,
+}
+
+impl<S> Layer<S> for Account
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = SpanFields::default();
+        attrs.record(&mut fields);
+        if let (Some(method), Some(path), Some(span)) = (fields.method, fields.path, ctx.span(id)) {
+            span.extensions_mut().insert(SpanRequest { method, path });
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
         let mut line = Line::default();
         event.record(&mut line);
-        println!("   · {}{}", line.message, line.fields);
+        let request = ctx.event_scope(event).and_then(|scope| {
+            scope.into_iter().find_map(|span| {
+                span.extensions()
+                    .get::<SpanRequest>()
+                    .map(|r| format!("{} {}", r.method, r.path))
+            })
+        });
+        // Outside any request (the token cache's own work): the crate.
+        let request = request.unwrap_or_else(|| {
+            let target = event.metadata().target();
+            target.split("::").next().unwrap_or(target).to_owned()
+        });
+        println!("   · [{request}] {}{}", line.message, line.fields);
+    }
+}
+
+/// The method and the path of a parapet span (`http.request.method`,
+/// `url.full`).
+#[derive(Default)]
+struct SpanFields {
+    method: Option<String>,
+    path: Option<String>,
+}
+
+impl tracing::field::Visit for SpanFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "http.request.method" => self.method = Some(value.to_owned()),
+            "url.full" => {
+                let path = value
+                    .parse::<http::Uri>()
+                    .map_or_else(|_| value.to_owned(), |u| u.path().to_owned());
+                self.path = Some(path);
+            }
+            _ => {}
+        }
     }
 }
 
