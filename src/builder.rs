@@ -8,6 +8,7 @@ use parapet_core::DEFAULT_REPLAY_CAP;
 
 use crate::client::{Client, Shared};
 use crate::error::InvalidConfig;
+use crate::oauth::ClientCredentials;
 use crate::stack::{LayerConfig, RetrySetting};
 use crate::transport::{Certificate, Identity, TransportConfig};
 
@@ -50,6 +51,7 @@ pub struct ClientBuilder {
     pub(crate) transport: TransportConfig,
     pub(crate) replay_cap: usize,
     pub(crate) layers: LayerConfig,
+    pub(crate) oauth2: Option<ClientCredentials>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("transport", &self.transport)
             .field("replay_cap", &self.replay_cap)
             .field("layers", &self.layers)
+            .field("oauth2", &self.oauth2)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +91,7 @@ impl ClientBuilder {
             transport: TransportConfig::default(),
             replay_cap: DEFAULT_REPLAY_CAP,
             layers: LayerConfig::default(),
+            oauth2: None,
         }
     }
 
@@ -267,6 +271,61 @@ impl ClientBuilder {
         self
     }
 
+    /// A service's own `OAuth2` token on every request (the
+    /// client-credentials grant): fetched from `token_url` with
+    /// `client_id` and `client_secret` once for any number of concurrent
+    /// calls, refreshed ahead of its expiry, replaced once after a 401.
+    /// The short form of [`oauth2`](Self::oauth2) with
+    /// [`ClientCredentials::new`], for a token without a scope or an
+    /// audience. Default: none.
+    ///
+    /// Every mistake (an empty client id, a token URL that is not `http`
+    /// or `https`, an [`auth`](Self::auth) layer set as well) fails
+    /// [`build`](Self::build) with an [`InvalidConfig`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use parapet_testkit::{Reply, Server};
+    ///
+    /// // A loopback authorization server and API.
+    /// let server = Server::start().await;
+    /// server.on("/oauth/token").reply(Reply::json(
+    ///     r#"{"access_token":"issued-1","token_type":"Bearer","expires_in":3600}"#,
+    /// ));
+    /// server.on("/v1/orders").reply(Reply::json("[]"));
+    ///
+    /// let client = parapet::Client::builder()
+    ///     .base_url(server.url("/v1"))
+    ///     .oauth2_client_credentials(server.url("/oauth/token"), "my-service", "s3cret")
+    ///     .build()?;
+    /// client.get("orders").send().await?.error_for_status().await?;
+    /// client.get("orders").send().await?.error_for_status().await?;
+    ///
+    /// assert_eq!(server.hits("/oauth/token"), 1);
+    /// let orders = server.arrivals_for("/v1/orders");
+    /// assert!(orders.iter().all(|a| a.header("authorization") == Some("Bearer issued-1")));
+    /// # Ok(()) }
+    /// ```
+    pub fn oauth2_client_credentials(
+        self,
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<parapet_auth::SecretString>,
+    ) -> Self {
+        self.oauth2(ClientCredentials::new(token_url, client_id, client_secret))
+    }
+
+    /// A service's own `OAuth2` token on every request, with the scope,
+    /// audience and client authentication of `credentials`; `None` turns it
+    /// off. The token requests go through a client built from the same
+    /// settings without the auth layer they feed (see
+    /// [`ClientCredentials`]). Set this or [`auth`](Self::auth), not both.
+    /// Default: none.
+    pub fn oauth2(mut self, credentials: impl Into<Option<ClientCredentials>>) -> Self {
+        self.oauth2 = credentials.into();
+        self
+    }
+
     /// The request-id layer (an `x-request-id` per call, the same on every
     /// attempt, the caller's or the inbound request's kept); `None` turns it
     /// off. Default: on, header `x-request-id`.
@@ -406,7 +465,7 @@ impl ClientBuilder {
     /// # Errors
     ///
     /// As [`build`](Self::build).
-    pub fn build_with<S, B>(self, transport: S) -> Result<Client, InvalidConfig>
+    pub fn build_with<S, B>(mut self, transport: S) -> Result<Client, InvalidConfig>
     where
         S: tower::Service<http::Request<parapet_core::ReplayBody>, Response = http::Response<B>>
             + Clone
@@ -418,8 +477,17 @@ impl ClientBuilder {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<parapet_core::BoxError>,
     {
-        if let Some(e) = self.header_error {
+        if let Some(e) = self.header_error.take() {
             return Err(InvalidConfig::new(e));
+        }
+        if let Some(credentials) = self.oauth2.take() {
+            if self.layers.auth.is_some() {
+                return Err(InvalidConfig::new(
+                    "both an auth layer (auth) and OAuth2 client credentials (oauth2) are set: \
+                     keep one",
+                ));
+            }
+            self.layers.auth = Some(credentials.layer(&self, transport.clone())?);
         }
         let mut default_headers = self.default_headers;
         let base = match self.base_url {

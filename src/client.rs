@@ -121,9 +121,9 @@ impl Client {
     }
 
     /// Starts a request with any method. `url` is a path resolved against
-    /// the base URL, or an absolute URL: a string (`&str`, `String`,
-    /// `&String`), parsed on each call, or an [`http::Uri`] parsed once
-    /// beforehand (`Uri`, `&Uri`); see [`IntoUrl`].
+    /// the base URL, or an absolute URL: a string (`&str`, `&String`),
+    /// parsed on each call, or an [`http::Uri`] parsed once beforehand
+    /// (`Uri`, `&Uri`); see [`IntoUrl`].
     pub fn request(&self, method: Method, url: impl IntoUrl) -> RequestBuilder {
         let uri = url.resolve(self);
         RequestBuilder {
@@ -272,8 +272,7 @@ impl Client {
 }
 
 /// What [`Client::get`] and the other request methods take as a URL: a
-/// string (`&str`, `String`, `&String`) or an [`http::Uri`] (`Uri`,
-/// `&Uri`).
+/// string (`&str`, `&String`) or an [`http::Uri`] (`Uri`, `&Uri`).
 ///
 /// A string is parsed on every call; a `Uri` parsed once and kept (a
 /// `static`, a field of your API client) is not parsed again. Either is
@@ -298,7 +297,9 @@ impl Client {
 /// # Ok(()) }
 /// ```
 ///
-/// The trait is sealed: only the types above implement it.
+/// The trait is sealed: only the types above implement it. A `String` is
+/// lent (`&url`, `&format!(..)`), not given: were it taken by value too,
+/// clippy would ask every `&String` call site to drop its `&`.
 pub trait IntoUrl: into_url::Sealed {}
 
 mod into_url {
@@ -315,12 +316,6 @@ mod into_url {
     impl Sealed for &str {
         fn resolve(self, client: &Client) -> Result<Uri, Error> {
             client.resolve(self)
-        }
-    }
-
-    impl Sealed for String {
-        fn resolve(self, client: &Client) -> Result<Uri, Error> {
-            client.resolve(&self)
         }
     }
 
@@ -344,7 +339,6 @@ mod into_url {
 }
 
 impl IntoUrl for &str {}
-impl IntoUrl for String {}
 impl IntoUrl for &String {}
 impl IntoUrl for Uri {}
 impl IntoUrl for &Uri {}
@@ -861,7 +855,7 @@ mod tests {
         client.get(&relative).send().await.unwrap();
         client.delete(relative).send().await.unwrap();
         client.get("/orders?page=2").send().await.unwrap();
-        client.post(String::from("orders/7")).send().await.unwrap();
+        client.post(&String::from("orders/7")).send().await.unwrap();
         client.put(&format!("orders/{}", 8)).send().await.unwrap();
         assert_eq!(
             *seen.lock().unwrap(),

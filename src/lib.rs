@@ -60,6 +60,7 @@ mod client;
 mod decompress;
 mod error;
 pub mod multipart;
+mod oauth;
 mod optional;
 mod overrides;
 mod proxy;
@@ -73,6 +74,7 @@ pub use body::{Body, BytesStream, NdjsonStream};
 pub use builder::{ClientBuilder, DEFAULT_USER_AGENT};
 pub use client::{Client, IntoUrl, RequestBuilder, ResponseFuture, UnsupportedScheme};
 pub use error::{Error, InvalidConfig, WaitSource};
+pub use oauth::ClientCredentials;
 pub use overrides::BodyLimit;
 pub use proxy::{Proxy, ProxyError};
 pub use redirect::{

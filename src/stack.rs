@@ -185,13 +185,10 @@ pub fn retry_classifier(outcome: &Outcome<'_>) -> Verdict {
 /// classifier with `.classify(parapet::retry_classifier)`.
 #[must_use]
 pub fn default_retry_policy() -> RetryPolicy {
-    match default_policy(3, false) {
-        Ok(policy) => policy,
-        // NOTE: unreachable: parapet-retry's defaults with three attempts
-        // always build (a unit test below says so); were that ever to
-        // change, the crate's own default is the closest policy.
-        Err(_) => RetryPolicy::default(),
-    }
+    // NOTE: parapet-retry's defaults with three attempts always build (a
+    // unit test below says so); were that ever to change, the crate's own
+    // default would be the closest policy.
+    default_policy(3, false).unwrap_or_default()
 }
 
 /// The default policy with `max_attempts` and trusted `Idempotency-Key`s
