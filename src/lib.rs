@@ -35,9 +35,42 @@
 //! unless set) → attempt timeout (10 s, shortened to the deadline) →
 //! decompression (gzip by default, [`ClientBuilder::decompress`]) →
 //! hyper-util with rustls (connect timeout 5 s, pool idle 30 s). Each layer
-//! crate's docs say why it sits where it does; the layers are re-exported
-//! as [`core`], [`timeout`], [`retry`], [`ratelimit`], [`auth`] and
-//! [`trace`] for hand-built stacks.
+//! crate's docs say why it sits where it does; the layer crates are the
+//! modules below, for configuring the builder and for hand-built stacks.
+//!
+//! # The layer crates
+//!
+//! | module | crate | what is there |
+//! |---|---|---|
+//! | [`auth`] | parapet-auth | [`AuthLayer`](auth::AuthLayer) (bearer, basic, API keys, tokens), [`TokenCache`](auth::TokenCache), [`ClientCredentialsGrant`](auth::ClientCredentialsGrant), [`RefreshTokenGrant`](auth::RefreshTokenGrant), [`TokenEndpoint`](auth::TokenEndpoint), [`SecretString`](auth::SecretString) |
+//! | [`ratelimit`] | parapet-ratelimit | [`Quota`](ratelimit::Quota), [`RateLimitLayer`](ratelimit::RateLimitLayer), [`ThrottleLayer`](ratelimit::ThrottleLayer), [`ConcurrencyLimitLayer`](ratelimit::ConcurrencyLimitLayer) |
+//! | [`retry`] | parapet-retry | [`RetryLayer`](retry::RetryLayer), [`RetryPolicy`](retry::RetryPolicy), [`RetryBudget`](retry::RetryBudget); the facade's [`default_retry_policy`] and [`retry_classifier`] |
+//! | [`timeout`] | parapet-timeout | [`DeadlineLayer`](timeout::DeadlineLayer), [`AttemptTimeoutLayer`](timeout::AttemptTimeoutLayer) |
+//! | [`trace`] | parapet-trace | [`RequestIdLayer`](trace::RequestIdLayer), [`TraceLayer`](trace::TraceLayer), [`AttemptTraceLayer`](trace::AttemptTraceLayer), redaction |
+//! | [`core`] | parapet-core | [`ReplayBody`](core::ReplayBody) (the body every layer and the innermost service take), [`Deadline`](core::Deadline), [`IdempotencyRules`](core::IdempotencyRules), `Retry-After` and server rate-limit parsing |
+//!
+//! The common cases need none of them by name:
+//! [`ClientBuilder::oauth2_client_credentials`] sets up a token cache for
+//! a service's own `OAuth2` token, and [`ClientBuilder::build`] reports every
+//! mistake as one [`InvalidConfig`].
+//!
+//! ```
+//! use parapet::ratelimit::{Quota, RateLimitLayer};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = parapet::Client::builder()
+//!     .base_url("https://api.example.com/v1")
+//!     .oauth2_client_credentials("https://auth.example.com/oauth/token", "my-service", "s3cret")
+//!     .rate_limit(RateLimitLayer::per_authority(Quota::rate(0.5)?))
+//!     .build()?;
+//! # drop(client);
+//! # Ok(()) }
+//! ```
+//!
+//! Testing a service built on parapet (wiremock, in-process upstreams with
+//! [`ClientBuilder::build_with`], the testkit's fault server, and why paused
+//! time and real sockets do not mix) is the subject of `TESTING.md` at the
+//! repository's root.
 //!
 //! # Choices made here
 //!
@@ -86,9 +119,15 @@ pub use transport::{Certificate, Identity};
 
 pub use stack::{DEFAULT_MAX_SERVER_WAIT, default_retry_policy, retry_classifier};
 
+#[doc(inline)]
 pub use parapet_auth as auth;
+#[doc(inline)]
 pub use parapet_core as core;
+#[doc(inline)]
 pub use parapet_ratelimit as ratelimit;
+#[doc(inline)]
 pub use parapet_retry as retry;
+#[doc(inline)]
 pub use parapet_timeout as timeout;
+#[doc(inline)]
 pub use parapet_trace as trace;
