@@ -229,10 +229,10 @@ impl ClientBuilder {
     /// A client-side token bucket (overall or per host). Default: none.
     ///
     /// ```
-    /// use std::num::NonZeroU32;
     /// use parapet::ratelimit::{Quota, RateLimitLayer};
     ///
-    /// let quota = Quota::per_second(NonZeroU32::new(50).unwrap());
+    /// // A plain number (0 is refused), or a fraction: Quota::rate(0.5).
+    /// let quota = Quota::rate(50).expect("a rate above zero");
     /// let client = parapet::Client::builder()
     ///     .rate_limit(RateLimitLayer::per_authority(quota))
     ///     .build()
