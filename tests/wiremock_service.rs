@@ -119,7 +119,10 @@ async fn a_retried_get_keeps_one_request_id_and_a_post_arrives_once() {
     let gets: Vec<_> = received.iter().filter(|r| r.method == "GET").collect();
     assert_eq!(gets.len(), 3);
     let id = gets[0].headers.get("x-request-id").expect("a request id");
-    assert!(gets.iter().all(|r| r.headers.get("x-request-id") == Some(id)));
+    assert!(
+        gets.iter()
+            .all(|r| r.headers.get("x-request-id") == Some(id))
+    );
     let posts: Vec<_> = received.iter().filter(|r| r.method == "POST").collect();
     assert_eq!(posts.len(), 1, "a POST is never sent twice by itself");
     assert_eq!(posts[0].body, br#"{"total":"12.50"}"#);
