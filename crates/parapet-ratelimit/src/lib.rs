@@ -133,6 +133,7 @@ mod gcra;
 mod queue;
 mod quota;
 mod ratelimit;
+mod shared;
 mod throttle;
 mod wait;
 
