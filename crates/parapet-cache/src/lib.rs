@@ -32,17 +32,19 @@
 //!             Ok::<_, std::convert::Infallible>(res)
 //!         }
 //!     });
-//! let mut get = async |svc: &mut _| {
+//! let mut seen = Vec::new();
+//! for wait in [0, 30, 31] {
+//!     tokio::time::advance(Duration::from_secs(wait)).await; // stale after 60 s
 //!     let req = http::Request::get("http://api.example.com/report").body(()).unwrap();
-//!     let res: http::Response<_> = ServiceExt::ready(svc).await.unwrap().call(req).await.unwrap();
+//!     let res = svc.ready().await.unwrap().call(req).await.unwrap();
 //!     let status = CacheStatus::of(&res).unwrap();
-//!     (status, res.into_body().collect().await.unwrap().to_bytes())
-//! };
-//!
-//! assert_eq!(get(&mut svc).await, (CacheStatus::Miss, "the report".into()));
-//! assert_eq!(get(&mut svc).await, (CacheStatus::Hit, "the report".into()));
-//! tokio::time::advance(Duration::from_secs(61)).await; // stale now
-//! assert_eq!(get(&mut svc).await, (CacheStatus::Revalidated, "the report".into()));
+//!     seen.push((status, res.into_body().collect().await.unwrap().to_bytes()));
+//! }
+//! assert_eq!(seen, [
+//!     (CacheStatus::Miss, "the report".into()),
+//!     (CacheStatus::Hit, "the report".into()),
+//!     (CacheStatus::Revalidated, "the report".into()), // a 304: the stored body
+//! ]);
 //! assert_eq!(sent.load(Ordering::SeqCst), 2); // the hit sent nothing
 //! # }
 //! ```
@@ -132,7 +134,23 @@
 //! # Cost
 //!
 //! `cargo run --release -p parapet-cache --example cost` measures a miss
-//! through the layer against the same inner service without it.
+//! through the layer against the same inner service without it (an inner
+//! service that answers from memory, a 20-byte JSON body; one run on a
+//! shared 2-core machine, so read the ratios, not the digits):
+//!
+//! | path | per call |
+//! |---|---|
+//! | no cache layer | 0.9 µs |
+//! | miss, not storable (`no-store`) | 1.7 µs |
+//! | miss, stored (a new URL each time, 100 000 entries) | 5.2 µs |
+//! | hit | 2.7 µs |
+//!
+//! A miss pays for the request's head cloned for the policy, the RFC 9111
+//! evaluation and, when storable, the copy of the body and the store's
+//! insert; a hit for the lookup and the stored headers copied with a new
+//! `Age` and `Date`. Against a call over the network (tens of µs on
+//! loopback, milliseconds to a real API) a miss adds little; a hit saves
+//! the whole call.
 
 mod body;
 mod future_impl;

@@ -292,3 +292,152 @@ where
         ResponseFuture::call(self.inner.call(req), ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use http_body_util::BodyExt;
+    use parapet_core::fmt_http_date;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::MemoryStore;
+
+    /// The cache's clock and the server's: a fixed date advanced by
+    /// tokio's (paused) time.
+    fn clock() -> impl Fn() -> SystemTime + Clone + Send + Sync + 'static {
+        let start = tokio::time::Instant::now();
+        move || UNIX_EPOCH + Duration::from_secs(1_750_000_000) + start.elapsed()
+    }
+
+    /// A cache over a service answering every request with `headers`
+    /// (a `Date` of now added) and the body "body"; counts the requests.
+    fn cache(
+        layer: CacheLayer,
+        headers: &'static [(&'static str, &'static str)],
+    ) -> (
+        impl Service<
+            Request<()>,
+            Response = Response<CacheBody<String>>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone,
+        Arc<AtomicUsize>,
+    ) {
+        let now = clock();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&sent);
+        let svc = ServiceBuilder::new()
+            .layer(layer.clock(now.clone()))
+            .service_fn(move |_req: Request<()>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut res = Response::builder().header("date", fmt_http_date(now()));
+                for (k, v) in headers {
+                    res = res.header(*k, *v);
+                }
+                let res = res.body(String::from("body")).unwrap();
+                async move { Ok::<_, Infallible>(res) }
+            });
+        (svc, sent)
+    }
+
+    async fn status<S>(svc: &mut S, method: Method) -> CacheStatus
+    where
+        S: Service<Request<()>, Response = Response<CacheBody<String>>, Error = Infallible>,
+    {
+        let req = Request::builder()
+            .method(method)
+            .uri("http://api.test/x")
+            .body(())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let status = CacheStatus::of(&res).unwrap();
+        res.into_body().collect().await.unwrap();
+        status
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_keeps_a_response_fresh_until_then() {
+        // Expires 60 s after the server's Date (formatted from the same clock).
+        let now = clock();
+        let expires: &'static str =
+            Box::leak(fmt_http_date(now() + Duration::from_secs(60)).into_boxed_str());
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([("expires", expires)]));
+        let (mut svc, sent) = cache(CacheLayer::in_memory(1 << 20), headers);
+
+        assert_eq!(status(&mut svc, Method::GET).await, CacheStatus::Miss);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(status(&mut svc, Method::GET).await, CacheStatus::Hit);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(status(&mut svc, Method::GET).await, CacheStatus::Miss);
+        assert_eq!(sent.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heuristic_freshness_is_off_by_default() {
+        const HEADERS: &[(&str, &str)] = &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")];
+        let (mut off, off_sent) = cache(CacheLayer::in_memory(1 << 20), HEADERS);
+        let (mut on, on_sent) = cache(
+            CacheLayer::in_memory(1 << 20).heuristic_freshness(0.1),
+            HEADERS,
+        );
+
+        for svc in [&mut off, &mut on] {
+            assert_eq!(status(svc, Method::GET).await, CacheStatus::Miss);
+            tokio::time::advance(Duration::from_secs(3600)).await;
+        }
+        // Off: stored, but stale at once; the 200 answer replaces it.
+        assert_eq!(status(&mut off, Method::GET).await, CacheStatus::Miss);
+        // On: a tenth of a year and a half since Last-Modified is weeks.
+        assert_eq!(status(&mut on, Method::GET).await, CacheStatus::Hit);
+        assert_eq!(off_sent.load(Ordering::SeqCst), 2);
+        assert_eq!(on_sent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_age_is_clamped_not_a_panic() {
+        for age in ["18446744073709551615", "99999999999999999999999", "-5", "x"] {
+            let headers: &'static [(&str, &str)] =
+                Box::leak(Box::new([("cache-control", "max-age=60"), ("age", age)]));
+            let (mut svc, _) = cache(CacheLayer::in_memory(1 << 20), headers);
+            status(&mut svc, Method::GET).await;
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let second = status(&mut svc, Method::GET).await;
+            let expected = if age.starts_with('1') {
+                CacheStatus::Miss // older than its max-age
+            } else {
+                CacheStatus::Hit // unreadable: no age
+            };
+            assert_eq!(second, expected, "age {age}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn head_and_get_are_stored_apart_and_other_methods_bypass() {
+        const HEADERS: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+        let (mut svc, sent) = cache(CacheLayer::in_memory(1 << 20), HEADERS);
+
+        assert_eq!(status(&mut svc, Method::HEAD).await, CacheStatus::Miss);
+        assert_eq!(status(&mut svc, Method::GET).await, CacheStatus::Miss);
+        assert_eq!(status(&mut svc, Method::HEAD).await, CacheStatus::Hit);
+        assert_eq!(status(&mut svc, Method::GET).await, CacheStatus::Hit);
+        assert_eq!(status(&mut svc, Method::OPTIONS).await, CacheStatus::Bypass);
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dropped_before_its_end_is_not_stored() {
+        const HEADERS: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+        let store = MemoryStore::new(1 << 20);
+        let (mut svc, _) = cache(CacheLayer::new(store.clone()), HEADERS);
+        let req = Request::get("http://api.test/x").body(()).unwrap();
+
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        drop(res);
+
+        assert!(store.is_empty());
+    }
+}

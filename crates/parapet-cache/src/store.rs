@@ -445,3 +445,65 @@ impl fmt::Debug for MemoryStore {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(variant: u64, body: usize) -> Arc<CachedResponse> {
+        let req = Request::get("http://a.test/").body(()).unwrap();
+        let res = http::Response::new(());
+        let policy = CachePolicy::new(&req, &res);
+        Arc::new(CachedResponse::new(
+            policy,
+            StatusCode::OK,
+            Bytes::from(vec![0; body]),
+            variant,
+            None,
+            0,
+        ))
+    }
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::new(&Method::GET, &path.parse().unwrap(), None)
+    }
+
+    #[test]
+    fn the_total_never_passes_the_bound() {
+        let store = MemoryStore::new(3 * (ENTRY_OVERHEAD + 100));
+        for i in 0..20 {
+            store.put(key(&format!("/{i}")), entry(0, 100));
+            assert!(store.bytes() <= store.max_bytes());
+        }
+        assert_eq!(store.len(), 3);
+        assert!(store.get(&key("/16")).is_empty());
+        assert_eq!(store.get(&key("/19")).len(), 1);
+    }
+
+    #[test]
+    fn a_response_larger_than_the_bound_is_not_stored_and_drops_the_old_one() {
+        let store = MemoryStore::new(ENTRY_OVERHEAD + 100);
+        store.put(key("/"), entry(7, 10));
+        store.put(key("/"), entry(7, 1000));
+        assert!(store.is_empty());
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[test]
+    fn variants_are_kept_side_by_side_and_replaced_one_by_one() {
+        let store = MemoryStore::new(1 << 20);
+        store.put(key("/"), entry(1, 10));
+        store.put(key("/"), entry(2, 10));
+        store.put(key("/"), entry(1, 20));
+        let mut bodies: Vec<_> = store
+            .get(&key("/"))
+            .iter()
+            .map(|r| (r.variant(), r.body().len()))
+            .collect();
+        bodies.sort_unstable();
+        assert_eq!(bodies, [(1, 20), (2, 10)]);
+        store.remove(&key("/"));
+        assert!(store.is_empty());
+        assert_eq!(store.bytes(), 0);
+    }
+}
