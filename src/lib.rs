@@ -96,6 +96,7 @@ pub mod multipart;
 mod oauth;
 mod optional;
 mod overrides;
+pub mod paginate;
 mod proxy;
 mod redirect;
 mod response;
