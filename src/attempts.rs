@@ -2,6 +2,7 @@
 //!
 //! [`Response::attempts`]: crate::Response::attempts
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -9,6 +10,28 @@ use std::task::{Context, Poll, ready};
 use parapet_core::Attempt;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
+
+tokio::task_local! {
+    /// The highest attempt number that reached the transport during one
+    /// `RequestBuilder::send`, for `Error::attempts`.
+    static LAST_ATTEMPT: Cell<u32>;
+}
+
+/// Runs `call` (the stack's call, set up and awaited) counting the
+/// attempts that reach [`RecordAttempt`]: the highest [`Attempt`] number
+/// seen, 0 when none left (a limiter refused the first).
+pub(crate) async fn count_attempts<F, Fut>(call: F) -> (Fut::Output, u32)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    LAST_ATTEMPT
+        .scope(Cell::new(0), async move {
+            let out = call().await;
+            (out, LAST_ATTEMPT.with(Cell::get))
+        })
+        .await
+}
 
 /// Copies the request's [`Attempt`] (set by the retry layer on each
 /// attempt and by the redirect layer on each hop) onto the response when
@@ -46,7 +69,11 @@ where
 
     #[inline]
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let resend = Attempt::get(req.extensions()).filter(|a| a.number() > 1);
+        let attempt = Attempt::get(req.extensions());
+        let number = attempt.map_or(1, Attempt::number);
+        // Outside `send` (the client as a Service) there is no count.
+        let _ = LAST_ATTEMPT.try_with(|n| n.set(n.get().max(number)));
+        let resend = attempt.filter(|a| a.number() > 1);
         RecordFuture {
             inner: self.inner.call(req),
             resend,

@@ -114,7 +114,10 @@ impl ClientBuilder {
             (Ok(n), Ok(v)) => {
                 self.default_headers.insert(n, v);
             }
-            _ => self.header_error = Some("a default header has an invalid name or value".into()),
+            (Ok(n), Err(_)) => {
+                self.header_error = Some(crate::error::invalid_default_header(Some(&n)));
+            }
+            _ => self.header_error = Some(crate::error::invalid_default_header(None)),
         }
         self
     }
@@ -500,7 +503,12 @@ impl ClientBuilder {
                         "base URL is missing its scheme: write it like https://host/path"
                     })
                 })?;
-                if uri.scheme().is_none() || uri.authority().is_none() {
+                if uri.scheme().is_none() {
+                    return Err(InvalidConfig::new(
+                        "base URL is missing its scheme: write it like https://host/path",
+                    ));
+                }
+                if uri.authority().is_none() {
                     return Err(InvalidConfig::new(
                         "base URL must be absolute, like https://host/path",
                     ));

@@ -241,6 +241,12 @@ impl Client {
         Uri::from_parts(parts).map_err(Error::request)
     }
 
+    /// The most bytes of a streamed request body kept for a re-send
+    /// ([`ClientBuilder::replay_cap`](crate::ClientBuilder::replay_cap)).
+    pub(crate) fn replay_cap(&self) -> usize {
+        self.shared.replay_cap
+    }
+
     fn prepare<B>(&self, req: Request<B>) -> Result<Request<ReplayBody>, Error>
     where
         B: HttpBody + Send + 'static,
@@ -654,7 +660,9 @@ impl RequestBuilder {
     {
         self.with(|req| {
             let name = name.try_into().map_err(|e| Error::request(e.into()))?;
-            let value = value.try_into().map_err(|e| Error::request(e.into()))?;
+            let value = value
+                .try_into()
+                .map_err(|_| Error::invalid_header_value(&name))?;
             req.headers_mut().insert(name, value);
             Ok(())
         })
@@ -800,12 +808,14 @@ impl RequestBuilder {
         let url = req.uri().clone();
         let limit = BodyLimit::get(req.extensions());
         let started = tokio::time::Instant::now();
-        match client.shared.stack.call(req).await {
+        let (result, attempts) =
+            crate::attempts::count_attempts(|| client.shared.stack.call(req)).await;
+        match result {
             Ok(resp) => {
                 let elapsed = started.elapsed();
                 Ok(Response::new(limited(resp, limit), url, elapsed, limit))
             }
-            Err(e) => Err(crate::classify::classify(e)),
+            Err(e) => Err(crate::classify::classify(e).after_call(started, Some(attempts))),
         }
     }
 }

@@ -252,7 +252,6 @@ impl Error {
     ///
     /// `RequestBuilder::header` should make its value error with this:
     /// `value.try_into().map_err(|_| Error::invalid_header_value(&name))?`.
-    #[allow(dead_code, reason = "for RequestBuilder::header in client.rs")]
     pub(crate) fn invalid_header_value(name: &HeaderName) -> Self {
         Self::request(invalid_header_message(Some(name)))
     }
@@ -301,7 +300,6 @@ impl Error {
     /// Records what `send` knows of a call that failed: when it started
     /// (a deadline that ended it is then reported with its budget) and how
     /// many attempts it made, when counted.
-    #[allow(dead_code, reason = "for RequestBuilder::send in client.rs")]
     pub(crate) fn after_call(
         mut self,
         started: tokio::time::Instant,
@@ -376,8 +374,9 @@ impl Error {
     /// redirect hops included, as
     /// [`Response::attempts`](crate::Response::attempts) counts them),
     /// when known: for a status error made by
-    /// [`Response::error_for_status`](crate::Response::error_for_status),
-    /// always. The message says it too, with why the call stopped
+    /// [`Response::error_for_status`](crate::Response::error_for_status)
+    /// and for an error from [`RequestBuilder::send`](crate::RequestBuilder::send),
+    /// always (0 when nothing was sent: a limiter refused the first attempt). The message says it too, with why the call stopped
     /// ("server answered 503 Service Unavailable (not retried after 1
     /// attempt: the request is not idempotent)").
     ///
@@ -638,7 +637,6 @@ fn find<'a, T: StdError + 'static>(mut cur: Option<&'a (dyn StdError + 'static)>
 /// was valid, never the value. In `default_header`, `(Ok(n), Err(_))`
 /// keeps `invalid_default_header(Some(&n))`, any other failure
 /// `invalid_default_header(None)`.
-#[allow(dead_code, reason = "for ClientBuilder::default_header in builder.rs")]
 pub(crate) fn invalid_default_header(name: Option<&HeaderName>) -> String {
     format!("default header: {}", invalid_header_message(name))
 }

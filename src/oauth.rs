@@ -178,6 +178,13 @@ impl From<parapet_auth::InvalidCredential> for InvalidConfig {
     }
 }
 
+/// So `Quota::rate(n)?` works in a function returning `InvalidConfig`.
+impl From<parapet_ratelimit::InvalidQuota> for InvalidConfig {
+    fn from(e: parapet_ratelimit::InvalidQuota) -> Self {
+        Self::new(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -56,7 +56,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_core::Stream;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use parapet_core::{BoxError, DEFAULT_REPLAY_CAP, ReplayBody};
+use parapet_core::{BoxError, ReplayBody};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::client::{Client, RequestBuilder};
@@ -181,13 +181,9 @@ impl RequestBuilder {
     }
 }
 
-/// The replay cap of `client`'s streamed bodies.
-// NOTE: the cap a client was built with is kept in `client::Shared`, which
-// this module cannot reach (`Client::shared` is private to `client.rs`);
-// until `Client` has a crate-visible `replay_cap()`, streams set through
-// these setters are kept up to the default cap, whatever the builder said.
-pub(crate) fn replay_cap(_client: &Client) -> usize {
-    DEFAULT_REPLAY_CAP
+/// The replay cap of `client`'s streamed bodies: the one it was built with.
+pub(crate) fn replay_cap(client: &Client) -> usize {
+    client.replay_cap()
 }
 
 /// A file to be sent as a body (or a multipart part), opened again for

@@ -227,7 +227,6 @@ async fn clones_of_one_builder_share_the_gate_and_separate_builders_do_not() {
 // ---------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "needs RequestBuilder::header (src/client.rs) to use Error::invalid_header_value"]
 async fn a_bad_request_header_is_named_and_its_value_never_printed() {
     let api = Server::start().await;
     let client = Client::new().unwrap();
@@ -249,7 +248,6 @@ async fn a_bad_request_header_is_named_and_its_value_never_printed() {
 }
 
 #[test]
-#[ignore = "needs ClientBuilder::default_header (src/builder.rs) to keep invalid_default_header"]
 fn a_bad_default_header_is_named_and_its_value_never_printed() {
     let err = Client::builder()
         .default_header("x-api-key", "sk-live-123\r\n")
@@ -270,7 +268,6 @@ fn a_base_url_without_a_scheme_says_so() {
 }
 
 #[test]
-#[ignore = "needs ClientBuilder::build_with (src/builder.rs) to say so for a bare host"]
 fn a_bare_host_as_base_url_says_its_scheme_is_missing() {
     // `http::Uri` parses these as an authority alone.
     for url in ["api.example.com", "localhost:8080"] {
@@ -332,7 +329,6 @@ async fn durations_in_a_timeout_are_rounded() {
 }
 
 #[tokio::test]
-#[ignore = "needs RequestBuilder::send (src/client.rs) to count attempts and call Error::after_call"]
 async fn a_deadline_error_says_its_budget_and_its_attempts() {
     let api = Server::start().await;
     api.on("/slow")
@@ -495,4 +491,20 @@ async fn json_that_is_only_wrong_names_its_path_and_quotes_nothing() {
         "{text}"
     );
     assert!(!text.contains("not JSON"), "{text}");
+}
+
+/// Issue 17: a rate read from configuration is checked with one `?` in a
+/// function returning the facade's `InvalidConfig`.
+#[tokio::test]
+async fn a_bad_rate_from_configuration_is_an_invalid_config() {
+    fn build(rate: f64) -> Result<parapet::Client, parapet::InvalidConfig> {
+        let quota = parapet::ratelimit::Quota::rate(rate)?;
+        parapet::Client::builder()
+            .rate_limit(parapet::ratelimit::RateLimitLayer::new(quota))
+            .build()
+    }
+    let err = build(0.0).unwrap_err();
+    assert!(!err.to_string().is_empty());
+    assert!(build(f64::NAN).is_err());
+    assert!(build(0.5).is_ok());
 }

@@ -236,7 +236,6 @@ async fn a_stream_over_the_replay_cap_is_sent_once_and_its_503_returned() {
 }
 
 #[tokio::test]
-#[ignore = "needs a crate-visible Client::replay_cap() in src/client.rs: the upload setters use the default cap until then"]
 async fn a_stream_is_kept_up_to_the_cap_the_client_was_built_with() {
     let api = Server::start().await;
     api.on("/up").replies([Reply::status(503), Reply::ok()]);

@@ -141,7 +141,7 @@ pub use concurrency::{
     ConcurrencyLimit, ConcurrencyLimitBody, ConcurrencyLimitFuture, ConcurrencyLimitLayer,
 };
 pub use error::{ConcurrencyLimited, RateLimited, Throttled};
-pub use quota::Quota;
+pub use quota::{InvalidQuota, Quota};
 pub use ratelimit::{RateLimit, RateLimitFuture, RateLimitLayer};
 pub use throttle::{DEFAULT_MAX_SERVER_WAIT, Throttle, ThrottleFuture, ThrottleLayer};
 
