@@ -13,6 +13,10 @@
 //! - [`RedisThrottleLayer`]: a server's "not before T" (429/503
 //!   `Retry-After`, exhausted `X-RateLimit-*` or `RateLimit`) seen by one
 //!   process holds every process's calls to that authority.
+//! - [`RedisTokenProvider`]: one token request for the whole fleet (a
+//!   lease-based single flight) behind each process's
+//!   [`TokenCache`](parapet_auth::TokenCache); a 401 replaces exactly the
+//!   refused generation, for everyone.
 //!
 //! Both fail calls with the local layers' own errors
 //! ([`RateLimited`](parapet_ratelimit::RateLimited),
@@ -34,6 +38,7 @@
 //! |---|---|---|
 //! | rate limit | closed: [`RedisUnavailable`], nothing sent | [`fail_open(replicas)`](RedisRateLimitLayer::fail_open): a local limiter at quota ÷ replicas |
 //! | throttle | open: the local gate only | [`fail_closed()`](RedisThrottleLayer::fail_closed): [`RedisUnavailable`] |
+//! | token provider | open: each process fetches for itself | none |
 //!
 //! # Where these layers go
 //!
@@ -90,6 +95,7 @@ mod error;
 mod ratelimit;
 mod store;
 mod throttle;
+mod token;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -98,3 +104,4 @@ pub use error::RedisUnavailable;
 pub use ratelimit::{Fallback, RedisFuture, RedisRateLimit, RedisRateLimitLayer};
 pub use store::{DEFAULT_CALL_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_PROBE_EVERY, RedisStore};
 pub use throttle::{RedisThrottle, RedisThrottleLayer};
+pub use token::{DEFAULT_LEASE, DEFAULT_POLL_EVERY, RedisTokenProvider};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, FromRedisValue, IntoConnectionInfo, Script};
+use redis::{Client, FromRedisValue, IntoConnectionInfo, Script, ToRedisArgs};
 use tokio::time::Instant;
 
 use crate::error::RedisUnavailable;
@@ -226,7 +226,7 @@ impl RedisStore {
         &self,
         script: &Script,
         keys: &[&str],
-        args: &[i64],
+        args: &[impl ToRedisArgs],
     ) -> Result<T, RedisUnavailable> {
         if !self.should_try() {
             return Err(RedisUnavailable::skipped());
@@ -236,7 +236,7 @@ impl RedisStore {
             invocation.key(*key);
         }
         for arg in args {
-            invocation.arg(*arg);
+            invocation.arg(arg);
         }
         let mut conn = self.conn.clone();
         let answer = tokio::time::timeout(self.call_timeout, invocation.invoke_async(&mut conn))

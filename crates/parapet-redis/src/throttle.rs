@@ -296,7 +296,11 @@ where
         let clone = self.inner.clone();
         let mut svc = std::mem::replace(&mut self.inner, clone);
         RedisFuture::new(async move {
-            match shared.store.run::<i64>(&shared.check, &[&key], &[]).await {
+            match shared
+                .store
+                .run::<i64>(&shared.check, &[&key], &[0u8; 0])
+                .await
+            {
                 Ok(ms) if ms > 0 => {
                     let wait = Duration::from_millis(ms.unsigned_abs());
                     let until = now

@@ -2,7 +2,12 @@
 //! "processes" (each with its own store, so its own connection) share one
 //! quota and one gate; Redis killed and restarted mid-run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
