@@ -91,6 +91,7 @@ mod builder;
 mod classify;
 mod client;
 mod decompress;
+pub mod download;
 mod error;
 pub mod multipart;
 mod oauth;
