@@ -20,6 +20,7 @@ use tower_service::Service;
 
 use crate::authority::authority_of;
 use crate::store::RedisStore;
+use crate::throttle::SharedGate;
 
 /// The GCRA decision, atomically, on Redis's clock (microseconds).
 ///
@@ -76,7 +77,10 @@ pub enum Fallback {
 /// calls go in the order Redis decided them); one whose slot is further
 /// away than [`max_wait`](Self::max_wait) or its
 /// [`Deadline`](parapet_core::Deadline) fails at once with
-/// [`RateLimited`], taking nothing. In [`reject`](Self::reject) mode every
+/// [`RateLimited`], taking nothing. Beneath a [`RedisThrottleLayer`](crate::RedisThrottleLayer),
+/// a call that waited for its slot checks the shared gate once more before
+/// it goes (a server may have closed it meanwhile), waits it out and takes
+/// a new slot. In [`reject`](Self::reject) mode every
 /// call that would have to wait fails. A waiting call that is dropped has
 /// used its slot (the fleet under-admits by that call, never over-admits).
 ///
@@ -417,43 +421,57 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let now = Instant::now();
+        let start = Instant::now();
         let shared = Arc::clone(&self.layer.shared);
-        let latest = shared.latest(now, req.extensions());
-        let max_wait_us = latest.map_or(UNBOUNDED_US, |l| micros(l.saturating_duration_since(now)));
+        let latest = shared.latest(start, req.extensions());
         let key = match &shared.key {
             Some(key) => key.clone(),
             None => shared.store.key("rl", &authority_of(&req)),
         };
+        let gate = req.extensions().get::<SharedGate>().cloned();
         // NOTE: `self.inner` is the service that was driven ready; it goes
         // into the future and a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut svc = std::mem::replace(&mut self.inner, clone);
         RedisFuture::new(async move {
-            let args = [shared.interval_us, shared.tau_us, max_wait_us];
-            let decision = shared
-                .store
-                .run::<(i64, i64)>(&shared.script, &[&key], &args)
-                .await;
-            match decision {
-                Ok((1, wait_us)) => {
-                    if wait_us > 0 {
-                        tokio::time::sleep(Duration::from_micros(wait_us.unsigned_abs())).await;
+            let mut now = start;
+            loop {
+                let max_wait_us =
+                    latest.map_or(UNBOUNDED_US, |l| micros(l.saturating_duration_since(now)));
+                let args = [shared.interval_us, shared.tau_us, max_wait_us];
+                let decision = shared
+                    .store
+                    .run::<(i64, i64)>(&shared.script, &[&key], &args)
+                    .await;
+                match decision {
+                    Ok((1, wait_us)) => {
+                        if wait_us > 0 {
+                            tokio::time::sleep(Duration::from_micros(wait_us.unsigned_abs())).await;
+                            // A server may have closed the shared gate while
+                            // this call waited for its slot: wait that out
+                            // too, then take a new slot.
+                            if let Some(gate) = &gate {
+                                if gate.wait_out(latest).await? {
+                                    now = Instant::now();
+                                    continue;
+                                }
+                            }
+                        }
+                        return svc.call(req).await.map_err(Into::into);
                     }
-                    svc.call(req).await.map_err(Into::into)
-                }
-                Ok((_, wait_us)) => {
-                    let wait = Duration::from_micros(wait_us.unsigned_abs());
-                    let earliest = now
-                        .checked_add(wait)
-                        .unwrap_or_else(|| parapet_core::far_future(now));
-                    Err(RateLimited::shared(earliest, now).into())
-                }
-                Err(unavailable) => {
-                    shared.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    match &shared.local {
-                        Some(local) => local.layer(svc).call(req).await,
-                        None => Err(unavailable.into()),
+                    Ok((_, wait_us)) => {
+                        let wait = Duration::from_micros(wait_us.unsigned_abs());
+                        let earliest = now
+                            .checked_add(wait)
+                            .unwrap_or_else(|| parapet_core::far_future(now));
+                        return Err(RateLimited::shared(earliest, now).into());
+                    }
+                    Err(unavailable) => {
+                        shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        return match &shared.local {
+                            Some(local) => local.layer(svc).call(req).await,
+                            None => Err(unavailable.into()),
+                        };
                     }
                 }
             }

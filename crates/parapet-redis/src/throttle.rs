@@ -291,6 +291,11 @@ where
         let shared = Arc::clone(&self.shared);
         let latest = shared.latest(now, req.extensions());
         let key = shared.store.key("gate", &authority_of(&req));
+        let mut req = req;
+        req.extensions_mut().insert(SharedGate {
+            shared: Arc::clone(&shared),
+            key: key.clone(),
+        });
         // NOTE: `self.inner` is the service that was driven ready; it goes
         // into the future and a fresh clone takes its place.
         let clone = self.inner.clone();
@@ -329,6 +334,52 @@ where
             }
             Ok(res)
         })
+    }
+}
+
+/// The shared gate of a request's authority, in its extensions for a
+/// [`RedisRateLimit`](crate::RedisRateLimit) beneath to check again after
+/// waiting for its slot.
+#[derive(Clone)]
+pub(crate) struct SharedGate {
+    shared: Arc<Shared>,
+    key: String,
+}
+
+impl SharedGate {
+    /// Waits while the gate is closed, if it opens by `latest`; returns
+    /// whether it waited.
+    pub(crate) async fn wait_out(&self, latest: Option<Instant>) -> Result<bool, BoxError> {
+        let shared = &self.shared;
+        // NOTE: Redis not answering was the throttle's to decide; here the
+        // call goes on.
+        let Ok(ms) = shared
+            .store
+            .run::<i64>(&shared.check, &[&self.key], &[0u8; 0])
+            .await
+        else {
+            return Ok(false);
+        };
+        if ms <= 0 {
+            return Ok(false);
+        }
+        let now = Instant::now();
+        let until = now
+            .checked_add(Duration::from_millis(ms.unsigned_abs()))
+            .unwrap_or_else(|| parapet_core::far_future(now));
+        if latest.is_some_and(|latest| until > latest) {
+            return Err(Throttled::shared(until, now).into());
+        }
+        tokio::time::sleep_until(until).await;
+        Ok(true)
+    }
+}
+
+impl fmt::Debug for SharedGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedGate")
+            .field("key", &self.key)
+            .finish()
     }
 }
 

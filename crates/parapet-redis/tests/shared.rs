@@ -439,3 +439,30 @@ async fn a_throttle_failing_open_keeps_its_local_gate() {
     assert!(err.is::<Throttled>());
     assert_eq!(limited.hits(), 1);
 }
+
+#[tokio::test]
+async fn a_call_waiting_for_its_slot_obeys_a_gate_closed_meanwhile() {
+    let server = RedisServer::start().await.unwrap();
+    let upstream = Upstream::ok();
+    let limited = Upstream::answering(429, &[("retry-after", "30")]);
+    // 2 a second, burst 1: the second call waits 500 ms for its slot.
+    let quota = Quota::per_second(NonZeroU32::new(2).unwrap()).burst(NonZeroU32::MIN);
+    let a = tower::ServiceBuilder::new()
+        .layer(RedisThrottleLayer::new(store(&server)))
+        .layer(RedisRateLimitLayer::per_authority(store(&server), quota))
+        .service(upstream.clone());
+    a.clone()
+        .oneshot(get("https://api.example.com/"))
+        .await
+        .unwrap();
+    let mut req = get("https://api.example.com/");
+    Deadline::at(Instant::now() + Duration::from_secs(5)).apply(req.extensions_mut());
+    let waiting = tokio::spawn(a.clone().oneshot(req));
+    // Meanwhile another process is told to hold back for 30 s.
+    let b = RedisThrottleLayer::new(store(&server)).layer(limited.clone());
+    b.oneshot(get("https://api.example.com/")).await.unwrap();
+
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(err.is::<Throttled>(), "{err}");
+    assert_eq!(upstream.hits(), 1);
+}
