@@ -93,6 +93,7 @@ mod client;
 mod decompress;
 pub mod download;
 mod error;
+mod http_cache;
 pub mod multipart;
 mod oauth;
 mod optional;
@@ -123,6 +124,9 @@ pub use stack::{DEFAULT_MAX_SERVER_WAIT, default_retry_policy, retry_classifier}
 
 #[doc(inline)]
 pub use parapet_auth as auth;
+#[cfg(feature = "cache")]
+#[doc(inline)]
+pub use parapet_cache as cache;
 #[doc(inline)]
 pub use parapet_core as core;
 #[doc(inline)]

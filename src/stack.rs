@@ -1,7 +1,7 @@
 //! The layers of the recommended stack, in DESIGN.md's order:
 //!
 //! ```text
-//! request id → trace (call span) → deadline → retry → redirect → trace (attempt span)
+//! request id → trace (call span) → [cache] → deadline → retry → redirect → trace (attempt span)
 //!   → auth → throttle → rate limit → concurrency limit → attempt timeout
 //!   → decompression → transport
 //! ```
@@ -12,6 +12,10 @@
 //! Below them, the re-send went out 70 µs after the refused request with a
 //! quota of 1/s. The token fetch still happens before a concurrency slot
 //! is taken.
+//!
+//! The HTTP cache (off unless set, cargo feature `cache`) sits right below
+//! the call span: a fresh hit needs nothing below it; `src/http_cache.rs`
+//! says why. With no cache set it is not in the stack at all.
 //!
 //! Redirects sit below retry and above the attempt span (each hop is an
 //! attempt of its own, gated, limited and timed like any request that
@@ -40,6 +44,7 @@ use crate::attempts::RecordAttemptLayer;
 use crate::body::Body;
 use crate::client::Stack;
 use crate::error::{InvalidConfig, Kind, WaitSource};
+use crate::http_cache::CacheSetting;
 use crate::optional::Optional;
 use crate::redirect::{
     InsecureRedirect, OriginAuthLayer, RedirectLayer, RedirectLoop, RedirectPolicy,
@@ -87,6 +92,8 @@ pub(crate) struct LayerConfig {
     pub(crate) tracing: bool,
     pub(crate) redirect: RedirectPolicy,
     pub(crate) decompress: bool,
+    /// The HTTP cache (feature `cache`); always `None` without it.
+    pub(crate) cache: Option<CacheSetting>,
 }
 
 impl Default for LayerConfig {
@@ -108,6 +115,7 @@ impl Default for LayerConfig {
             tracing: true,
             redirect: RedirectPolicy::default(),
             decompress: crate::decompress::COMPILED_IN,
+            cache: None,
         }
     }
 }
@@ -331,16 +339,18 @@ impl LayerConfig {
             // and a re-wrapped response and body per layer per call. With
             // the layers that are off by default all off (the default
             // configuration), none at all; otherwise only they keep it.
-            let default_layers = ServiceBuilder::new()
-                .layer(request_id.clone())
-                .layer(trace.clone())
-                .layer(DeadlineLayer::new(deadline))
-                .layer(retry.clone())
-                .layer(redirect)
-                .layer(attempt_trace.clone());
-            if self.rate_limit.is_none() && self.auth.is_none() && self.concurrency_limit.is_none()
+            if self.rate_limit.is_none()
+                && self.auth.is_none()
+                && self.concurrency_limit.is_none()
+                && self.cache.is_none()
             {
-                let svc = default_layers
+                let svc = ServiceBuilder::new()
+                    .layer(request_id.clone())
+                    .layer(trace.clone())
+                    .layer(DeadlineLayer::new(deadline))
+                    .layer(retry.clone())
+                    .layer(redirect)
+                    .layer(attempt_trace.clone())
                     .layer(throttle.clone())
                     .layer(*attempt_timeout)
                     .layer(RecordAttemptLayer)
@@ -349,7 +359,14 @@ impl LayerConfig {
                 let svc = ServiceExt::<http::Request<ReplayBody>>::map_response(svc, boxed_body);
                 return Ok(Stack::new(svc));
             }
-            let svc = default_layers
+            let svc = ServiceBuilder::new()
+                .layer(request_id.clone())
+                .layer(trace.clone())
+                .layer(Optional(self.cache.clone()))
+                .layer(DeadlineLayer::new(deadline))
+                .layer(retry.clone())
+                .layer(redirect)
+                .layer(attempt_trace.clone())
                 .layer(Optional(auth))
                 .layer(throttle.clone())
                 .layer(Optional(self.rate_limit.clone()))
@@ -364,6 +381,7 @@ impl LayerConfig {
         let svc = ServiceBuilder::new()
             .layer(Optional(self.request_id.clone()))
             .layer(Optional(trace))
+            .layer(Optional(self.cache.clone()))
             .layer(Optional(self.deadline.map(DeadlineLayer::new)))
             .layer(Optional(retry))
             .layer(redirect)
