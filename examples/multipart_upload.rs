@@ -35,9 +35,11 @@ async fn main() -> Result<(), parapet::Error> {
     println!(
         "{} arrivals, bodies identical: {}",
         arrivals.len(),
-        arrivals.windows(2).all(|w| w[0].body == w[1].body)
+        arrivals
+            .iter()
+            .all(|a| a.body == arrivals.first().unwrap().body)
     );
-    let first = &arrivals[0];
+    let first = arrivals.first().unwrap();
     println!("content-type: {}", first.header("content-type").unwrap());
     println!(
         "content-length: {}",

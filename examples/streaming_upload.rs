@@ -62,8 +62,9 @@ async fn main() -> Result<(), parapet::Error> {
 fn report(api: &Server, path: &str, resp: &parapet::Response) {
     let arrivals = api.arrivals_for(path);
     let sizes: Vec<_> = arrivals.iter().map(|a| a.body_len).collect();
-    let framing = arrivals[0]
-        .header("content-length")
+    let framing = arrivals
+        .first()
+        .and_then(|a| a.header("content-length"))
         .map_or("chunked".to_owned(), |l| format!("content-length {l}"));
     println!(
         "{path}: {} after {} arrival(s) of {sizes:?} bytes, {framing}",

@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parapet::ratelimit::{Quota, RateLimitLayer};
-use parapet::{Client, WaitSource};
+use parapet::{Client, InvalidConfig, WaitSource};
 use parapet_testkit::{Reply, Server};
 
 fn secs(n: u64) -> Duration {
@@ -497,10 +497,10 @@ async fn json_that_is_only_wrong_names_its_path_and_quotes_nothing() {
 /// function returning the facade's `InvalidConfig`.
 #[tokio::test]
 async fn a_bad_rate_from_configuration_is_an_invalid_config() {
-    fn build(rate: f64) -> Result<parapet::Client, parapet::InvalidConfig> {
-        let quota = parapet::ratelimit::Quota::rate(rate)?;
-        parapet::Client::builder()
-            .rate_limit(parapet::ratelimit::RateLimitLayer::new(quota))
+    fn build(rate: f64) -> Result<Client, InvalidConfig> {
+        let quota = Quota::rate(rate)?;
+        Client::builder()
+            .rate_limit(RateLimitLayer::new(quota))
             .build()
     }
     let err = build(0.0).unwrap_err();

@@ -173,8 +173,4 @@ async fn a_streamed_body_answered_early_is_re_sent_whole_and_nothing_stalls() {
         "{:?}",
         started.elapsed()
     );
-    eprintln!(
-        "drained {}",
-        drained.load(std::sync::atomic::Ordering::SeqCst)
-    );
 }

@@ -114,7 +114,7 @@ async fn the_client_as_a_service_records_resends_on_the_response() {
         .unwrap();
     let resp = client.clone().oneshot(req).await.unwrap();
     assert_eq!(
-        parapet::core::Attempt::get(resp.extensions()).map(|a| a.number()),
+        parapet::core::Attempt::get(resp.extensions()).map(parapet::core::Attempt::number),
         Some(2)
     );
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
