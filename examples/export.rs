@@ -5,9 +5,12 @@
 //! - the finished job's export (1 MiB) is downloaded to a file with a
 //!   progress line every 256 KiB; its first answer breaks halfway, and the
 //!   download resumes with `Range` where the file stopped, then checks the
-//!   length and a checksum.
+//!   length and a checksum;
+//! - with the `cache` feature, the job list is fetched through a client
+//!   with an HTTP cache: the second read is a hit that sends nothing.
 //!
-//! Run it with `cargo run --example export`.
+//! Run it with `cargo run --example export` (`--features cache` for the
+//! cache part).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -122,5 +125,32 @@ async fn main() -> Result<(), parapet::Error> {
     println!("the server saw: {ranges:?}");
     assert_eq!(std::fs::read(&path).unwrap(), export);
     std::fs::remove_file(&path).unwrap();
+
+    #[cfg(feature = "cache")]
+    cached_status(&api).await?;
+    Ok(())
+}
+
+/// A status document the server lets clients keep for a minute, read
+/// twice through a client with an in-memory cache: one request.
+#[cfg(feature = "cache")]
+async fn cached_status(api: &Server) -> Result<(), parapet::Error> {
+    use parapet::cache::CacheLayer;
+
+    api.on("/v1/status")
+        .reply(Reply::json(r#"{"exports":"up"}"#).header("cache-control", "max-age=60"));
+    let client = Client::builder()
+        .base_url(api.url("/v1"))
+        .cache(CacheLayer::in_memory(1 << 20))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let resp = client.get("status").send().await?;
+        println!("status: {:?}, {}", resp.cache_status(), resp.text().await?);
+    }
+    println!(
+        "the server saw {} request(s) for /v1/status",
+        api.hits("/v1/status")
+    );
     Ok(())
 }
