@@ -80,12 +80,25 @@
 //!
 //! The server runs on tokio's clock with real sockets: use it from tests on
 //! real time (a plain `#[tokio::test]`), never with paused time.
+//!
+//! # Features
+//!
+//! - `wiremock`: [`wiremock`](mod@wiremock) helpers for tests with wiremock as the
+//!   upstream: "fail N times", `Retry-After` and rate-limit answers, a mock
+//!   OAuth 2.0 token endpoint, and assertions on what arrived.
+//! - `chaos`: [`chaos::ChaosLayer`], a tower layer that injects latency,
+//!   errors and statuses at seeded rates, for staging tests.
 
 mod arrival;
 mod conn;
 mod reply;
 mod rng;
 mod server;
+
+#[cfg(feature = "chaos")]
+pub mod chaos;
+#[cfg(feature = "wiremock")]
+pub mod wiremock;
 
 pub use arrival::{Arrival, body_hash};
 pub use reply::Reply;
