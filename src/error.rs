@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, StatusCode};
 use parapet_core::BoxError;
+use parapet_core::RoundedDuration as Rounded;
 use parapet_ratelimit::{RateLimited, Throttled};
 use parapet_retry::{NotRetried, NotRetriedReason};
 use parapet_timeout::DeadlineExceeded;
@@ -15,55 +16,6 @@ use parapet_timeout::DeadlineExceeded;
 /// The longest wait an error reports; see [`Error::retry_after`].
 pub(crate) fn clamp_wait(wait: Duration) -> Duration {
     wait.min(crate::DEFAULT_MAX_SERVER_WAIT)
-}
-
-/// A duration as a person reads it in a message: milliseconds to two
-/// significant digits (`7ms`, `110ms`, `800ms`), seconds to a tenth
-/// (`1.5s`, `42s`), then minutes and hours (`2min 30s`, `1h 5min`); never
-/// `108.569534ms`. The style of `Duration`'s `Debug` for round values.
-pub(crate) struct Rounded(pub(crate) Duration);
-
-impl fmt::Display for Rounded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const MS: u128 = 1_000_000;
-        const S: u128 = 1_000 * MS;
-        let nanos = self.0.as_nanos();
-        let round = |unit: u128| (nanos + unit / 2) / unit;
-        if nanos == 0 {
-            return f.write_str("0ms");
-        }
-        if nanos < MS / 2 {
-            return f.write_str("<1ms");
-        }
-        let ms = round(MS);
-        if ms < 100 {
-            return write!(f, "{ms}ms");
-        }
-        // Two significant digits: 110ms, 800ms; 995ms and up is 1s.
-        let tens = round(10 * MS);
-        if tens < 100 {
-            return write!(f, "{}ms", tens * 10);
-        }
-        let tenths = round(S / 10);
-        if tenths < 600 {
-            return match tenths % 10 {
-                0 => write!(f, "{}s", tenths / 10),
-                t => write!(f, "{}.{t}s", tenths / 10),
-            };
-        }
-        let secs = round(S);
-        if secs < 3_600 {
-            return match secs % 60 {
-                0 => write!(f, "{}min", secs / 60),
-                s => write!(f, "{}min {s}s", secs / 60),
-            };
-        }
-        let mins = round(60 * S);
-        match mins % 60 {
-            0 => write!(f, "{}h", mins / 60),
-            m => write!(f, "{}h {m}min", mins / 60),
-        }
-    }
 }
 
 /// Who said to wait, for an error that carries a wait; see

@@ -445,7 +445,11 @@ impl TokenError {
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Timeout(d) => write!(f, "token fetch timed out after {d:?}"),
+            Kind::Timeout(d) => write!(
+                f,
+                "token fetch timed out after {}",
+                parapet_core::RoundedDuration(*d)
+            ),
             Kind::Status {
                 status,
                 error,

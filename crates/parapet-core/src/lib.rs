@@ -54,6 +54,7 @@ mod never_sent;
 mod random;
 mod replay;
 mod retry_after;
+mod rounded;
 mod server_limit;
 mod sf;
 
@@ -68,6 +69,7 @@ pub use never_sent::request_never_sent;
 pub use random::{Jitter, format_uuid, random_u64};
 pub use replay::{BoxError, DEFAULT_REPLAY_CAP, ReplayBody, ReplayError};
 pub use retry_after::{parse_retry_after, retry_after};
+pub use rounded::RoundedDuration;
 pub use server_limit::{
     LimitSource, RATELIMIT, RATELIMIT_POLICY, ServerLimit, X_RATELIMIT_LIMIT,
     X_RATELIMIT_REMAINING, X_RATELIMIT_RESET, X_RATELIMIT_RESET_AFTER,

@@ -586,7 +586,7 @@ mod tests {
     async fn a_body_polled_on_after_an_error_is_still_cut_at_the_deadline() {
         /// Waits 1 s, fails once, then never yields again.
         struct FailsThenStalls {
-            sleep: Pin<Box<tokio::time::Sleep>>,
+            sleep: Pin<Box<Sleep>>,
             failed: bool,
         }
         impl Body for FailsThenStalls {
