@@ -46,22 +46,27 @@ pub(crate) type DecompressLayer = tower::layer::util::Identity;
     feature = "zstd"
 ))]
 pub(crate) fn layer(on: bool) -> DecompressLayer {
-    let layer = tower_http::decompression::DecompressionLayer::new();
-    DecompressLayer(if on {
-        layer
-    } else {
-        layer.no_gzip().no_deflate().no_br().no_zstd()
-    })
+    DecompressLayer { on }
 }
 
-/// tower-http's layer, its undecoded bodies made to report their end.
+/// tower-http's decompression, reached only by responses that need it.
 ///
-/// `DecompressionBody` does not forward `is_end_stream`, so a body passed
-/// through never said it was over after its last frame, and whoever checks
-/// (a proxying server, the facade's `Body`) had to poll once more to learn
-/// it. A body tower-http passed through (the response still has its
+/// A request gets the `Accept-Encoding` tower-http's `Decompression` would
+/// give it (asked of tower-http once per process), and goes straight to the
+/// inner service. A response without `Content-Encoding`, which tower-http
+/// would pass through untouched, is passed on as it is, at its own size: no
+/// decoder state in the body that every layer above moves, and no look-up
+/// that allocates an empty header map. A response with one goes through
+/// tower-http's `Decompression` (over a service that hands it back), which
+/// decodes it or passes it through as before, its body boxed.
+///
+/// `DecompressionBody` does not forward `is_end_stream`, so a body tower-http
+/// passed through never said it was over after its last frame, and whoever
+/// checks (a proxying server, the facade's `Body`) had to poll once more to
+/// learn it. A body tower-http passed through (the response still has its
 /// `Content-Encoding`, or its `Content-Length`, which a decoded one loses)
-/// reports the transport body's end again.
+/// reports the transport body's end again; a body with no `Content-Encoding`
+/// is the transport's own and reports its end.
 #[cfg(any(
     feature = "gzip",
     feature = "deflate",
@@ -69,32 +74,101 @@ pub(crate) fn layer(on: bool) -> DecompressLayer {
     feature = "zstd"
 ))]
 mod end_aware {
+    use std::convert::Infallible;
     use std::future::Future;
     use std::pin::Pin;
+    use std::sync::OnceLock;
     use std::task::{Context, Poll, ready};
 
     use bytes::Bytes;
-    use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
-    use http::{Request, Response};
+    use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
+    use http::{HeaderValue, Request, Response};
     use http_body::{Body, Frame, SizeHint};
+    use http_body_util::Empty;
     use parapet_core::BoxError;
     use pin_project_lite::pin_project;
     use tower::{Layer, Service};
-    use tower_http::decompression::{Decompression, DecompressionBody, DecompressionLayer};
+    use tower_http::decompression::{DecompressionBody, DecompressionLayer};
 
-    #[derive(Debug, Clone)]
-    pub(crate) struct DecompressLayer(pub(crate) DecompressionLayer);
+    /// Decoding every compiled-in encoding when `on`, none otherwise.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct DecompressLayer {
+        pub(crate) on: bool,
+    }
 
     impl<S> Layer<S> for DecompressLayer {
         type Service = Decompress<S>;
 
         fn layer(&self, inner: S) -> Self::Service {
-            Decompress(self.0.layer(inner))
+            Decompress { inner, on: self.on }
+        }
+    }
+
+    /// tower-http's layer, offering and decoding every compiled-in encoding
+    /// when `on`, none otherwise.
+    fn tower_layer(on: bool) -> DecompressionLayer {
+        let layer = DecompressionLayer::new();
+        if on {
+            layer
+        } else {
+            layer.no_gzip().no_deflate().no_br().no_zstd()
+        }
+    }
+
+    /// The `Accept-Encoding` tower-http's `Decompression` puts on a request
+    /// that has none when on (off, it puts none): asked of tower-http once.
+    fn accept_encoding() -> Option<&'static HeaderValue> {
+        static ACCEPT: OnceLock<Option<HeaderValue>> = OnceLock::new();
+        ACCEPT
+            .get_or_init(|| {
+                let mut seen = tower_layer(true).layer(Keep(None));
+                let _ = seen.call(Request::new(()));
+                seen.get_mut().0.take()
+            })
+            .as_ref()
+    }
+
+    /// A service answering with the response it is given as the request's
+    /// body: tower-http's decoding for a response already in hand.
+    struct Echo;
+
+    impl<B> Service<Request<Response<B>>> for Echo {
+        type Response = Response<B>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<B>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<Response<B>>) -> Self::Future {
+            std::future::ready(Ok(req.into_body()))
+        }
+    }
+
+    /// A service keeping the `Accept-Encoding` of the request it is given.
+    struct Keep(Option<HeaderValue>);
+
+    impl Service<Request<()>> for Keep {
+        type Response = Response<Empty<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            self.0 = req.headers().get(ACCEPT_ENCODING).cloned();
+            std::future::ready(Ok(Response::new(Empty::new())))
         }
     }
 
     #[derive(Debug, Clone)]
-    pub(crate) struct Decompress<S>(Decompression<S>);
+    pub(crate) struct Decompress<S> {
+        inner: S,
+        on: bool,
+    }
 
     impl<S, R, B> Service<Request<R>> for Decompress<S>
     where
@@ -103,15 +177,23 @@ mod end_aware {
     {
         type Response = Response<Decoded<B>>;
         type Error = S::Error;
-        type Future = DecompressFuture<tower_http::decompression::ResponseFuture<S::Future>>;
+        type Future = DecompressFuture<S::Future>;
 
+        #[inline]
         fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-            self.0.poll_ready(cx)
+            self.inner.poll_ready(cx)
         }
 
-        fn call(&mut self, req: Request<R>) -> Self::Future {
+        #[inline]
+        fn call(&mut self, mut req: Request<R>) -> Self::Future {
+            if self.on && !req.headers().contains_key(ACCEPT_ENCODING) {
+                if let Some(accept) = accept_encoding() {
+                    req.headers_mut().insert(ACCEPT_ENCODING, accept.clone());
+                }
+            }
             DecompressFuture {
-                f: self.0.call(req),
+                f: self.inner.call(req),
+                on: self.on,
             }
         }
     }
@@ -120,60 +202,98 @@ mod end_aware {
         pub(crate) struct DecompressFuture<F> {
             #[pin]
             f: F,
+            on: bool,
         }
     }
 
     impl<F, B, E> Future for DecompressFuture<F>
     where
-        F: Future<Output = Result<Response<DecompressionBody<B>>, E>>,
+        F: Future<Output = Result<Response<B>, E>>,
         B: Body,
     {
         type Output = Result<Response<Decoded<B>>, E>;
 
+        #[inline]
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            let res = ready!(self.project().f.poll(cx))?;
-            let passed = res.headers().contains_key(CONTENT_ENCODING)
-                || res.headers().contains_key(CONTENT_LENGTH);
-            Poll::Ready(Ok(res.map(|inner| Decoded { inner, passed })))
+            let this = self.project();
+            let res = ready!(this.f.poll(cx))?;
+            if !res.headers().contains_key(CONTENT_ENCODING) {
+                return Poll::Ready(Ok(res.map(|inner| Decoded::Plain { inner })));
+            }
+            Poll::Ready(Ok(decode(*this.on, res)))
         }
     }
 
+    /// A response with a `Content-Encoding`, through tower-http.
+    #[cold]
+    fn decode<B: Body>(on: bool, res: Response<B>) -> Response<Decoded<B>> {
+        let mut svc = tower_layer(on).layer(Echo);
+        let mut fut = std::pin::pin!(svc.call(Request::new(res)));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let res = match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(res)) => res,
+            Poll::Ready(Err(never)) => match never {},
+            // NOTE: tower-http's future polls `Echo`'s ready future once and
+            // is ready with it.
+            Poll::Pending => unreachable!("tower-http's decompression future over a ready one"),
+        };
+        let passed = res.headers().contains_key(CONTENT_ENCODING)
+            || res.headers().contains_key(CONTENT_LENGTH);
+        res.map(|inner| Decoded::Tower {
+            inner: Box::pin(inner),
+            passed,
+        })
+    }
+
     pin_project! {
-        pub(crate) struct Decoded<B>
+        /// A response body: the transport's own when it had no
+        /// `Content-Encoding`, else tower-http's (decoded or passed), boxed.
+        #[project = DecodedProj]
+        pub(crate) enum Decoded<B>
         where
             B: Body,
         {
-            #[pin]
-            inner: DecompressionBody<B>,
-            passed: bool,
+            Plain { #[pin] inner: B },
+            Tower { inner: Pin<Box<DecompressionBody<B>>>, passed: bool },
         }
     }
 
     impl<B> Body for Decoded<B>
     where
-        B: Body,
+        B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
         type Data = Bytes;
         type Error = BoxError;
 
+        #[inline]
         fn poll_frame(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            self.project().inner.poll_frame(cx)
+            match self.project() {
+                DecodedProj::Plain { inner } => inner.poll_frame(cx).map_err(Into::into),
+                DecodedProj::Tower { inner, .. } => inner.as_mut().poll_frame(cx),
+            }
         }
 
+        #[inline]
         fn is_end_stream(&self) -> bool {
-            self.passed && self.inner.get_ref().is_end_stream()
+            match self {
+                Self::Plain { inner } => inner.is_end_stream(),
+                Self::Tower { inner, passed } => *passed && inner.get_ref().is_end_stream(),
+            }
         }
 
+        #[inline]
         fn size_hint(&self) -> SizeHint {
-            self.inner.size_hint()
+            match self {
+                Self::Plain { inner } => inner.size_hint(),
+                Self::Tower { inner, .. } => inner.size_hint(),
+            }
         }
     }
 }
-
 /// Without decoders, no layer.
 #[cfg(not(any(
     feature = "gzip",
@@ -274,12 +394,11 @@ impl ClientBuilder {
     /// # Cost
     ///
     /// With decompression on, a request gets a static `Accept-Encoding` value
-    /// (no allocation) and a response body one more wrapper; a compressed body
-    /// costs its decoder. (The in-memory bench, whose responses have no
-    /// header at all, counts two allocations more: tower-http's look for
-    /// `Content-Encoding` allocates an empty header map. A response off the
-    /// network always has headers.) `decompress(false)` keeps the wrapper but sends no
-    /// `Accept-Encoding` and decodes nothing. Built without any of the four
+    /// (no allocation); a response without `Content-Encoding` passes through
+    /// as it is (no allocation, no decoder state in its body); one with a
+    /// `Content-Encoding` costs a boxed body and its decoder.
+    /// `decompress(false)` keeps the layer but sends no `Accept-Encoding` and
+    /// decodes nothing. Built without any of the four
     /// features, the layer is not there at all.
     ///
     /// ```
