@@ -6,7 +6,7 @@
 //! own, so a service's staging environment sees the faults production
 //! will. Every rate is 0 by default: a new layer injects nothing.
 //!
-//! Faults are drawn from a seeded [`Rng`](crate::Rng) shared by the
+//! Faults are drawn from a seeded [`Rng`] shared by the
 //! layer's clones: with [`seed`](ChaosLayer::seed), the same sequence of
 //! requests meets the same faults on every run. Each request draws three
 //! numbers, one per kind of fault, whatever is turned on, so changing one
