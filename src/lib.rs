@@ -90,6 +90,8 @@ mod body;
 mod builder;
 mod classify;
 mod client;
+#[path = "metrics.rs"]
+mod client_metrics;
 mod decompress;
 pub mod download;
 mod error;
@@ -129,6 +131,9 @@ pub use parapet_auth as auth;
 pub use parapet_cache as cache;
 #[doc(inline)]
 pub use parapet_core as core;
+#[cfg(feature = "metrics")]
+#[doc(inline)]
+pub use parapet_metrics as metrics;
 #[doc(inline)]
 pub use parapet_ratelimit as ratelimit;
 #[doc(inline)]

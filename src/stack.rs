@@ -94,6 +94,8 @@ pub(crate) struct LayerConfig {
     pub(crate) decompress: bool,
     /// The HTTP cache (feature `cache`); always `None` without it.
     pub(crate) cache: Option<CacheSetting>,
+    /// Metrics (feature `metrics`); always `false` without it.
+    pub(crate) metrics: bool,
 }
 
 impl Default for LayerConfig {
@@ -116,6 +118,7 @@ impl Default for LayerConfig {
             redirect: RedirectPolicy::default(),
             decompress: crate::decompress::COMPILED_IN,
             cache: None,
+            metrics: false,
         }
     }
 }
@@ -317,6 +320,7 @@ impl LayerConfig {
         // Skipped on a redirect hop to another origin.
         let auth = self.auth.clone().map(OriginAuthLayer);
         let decompress = crate::decompress::layer(self.decompress);
+        let (metrics, attempt_metrics) = crate::client_metrics::layers(self.metrics, error_type);
         if let (
             Some(request_id),
             Some(trace),
@@ -343,6 +347,7 @@ impl LayerConfig {
                 && self.auth.is_none()
                 && self.concurrency_limit.is_none()
                 && self.cache.is_none()
+                && !self.metrics
             {
                 let svc = ServiceBuilder::new()
                     .layer(request_id.clone())
@@ -362,11 +367,13 @@ impl LayerConfig {
             let svc = ServiceBuilder::new()
                 .layer(request_id.clone())
                 .layer(trace.clone())
+                .layer(Optional(metrics.clone()))
                 .layer(Optional(self.cache.clone()))
                 .layer(DeadlineLayer::new(deadline))
                 .layer(retry.clone())
                 .layer(redirect)
                 .layer(attempt_trace.clone())
+                .layer(Optional(attempt_metrics.clone()))
                 .layer(Optional(auth))
                 .layer(throttle.clone())
                 .layer(Optional(self.rate_limit.clone()))
@@ -381,11 +388,13 @@ impl LayerConfig {
         let svc = ServiceBuilder::new()
             .layer(Optional(self.request_id.clone()))
             .layer(Optional(trace))
+            .layer(Optional(metrics))
             .layer(Optional(self.cache.clone()))
             .layer(Optional(self.deadline.map(DeadlineLayer::new)))
             .layer(Optional(retry))
             .layer(redirect)
             .layer(Optional(attempt_trace))
+            .layer(Optional(attempt_metrics))
             .layer(Optional(auth))
             .layer(Optional(self.throttle.clone()))
             .layer(Optional(self.rate_limit.clone()))
