@@ -122,7 +122,7 @@ mod end_aware {
         ACCEPT
             .get_or_init(|| {
                 let mut seen = tower_layer(true).layer(Keep(None));
-                let _ = seen.call(Request::new(()));
+                drop(seen.call(Request::new(())));
                 seen.get_mut().0.take()
             })
             .as_ref()

@@ -115,7 +115,6 @@ impl crate::ClientBuilder {
     /// assert_eq!(res.status(), 200);
     /// # }
     /// ```
-    #[must_use]
     pub fn metrics(mut self, on: bool) -> Self {
         self.layers.metrics = on;
         self
