@@ -112,6 +112,20 @@ pub mod names {
     pub const ATTEMPT_DURATION: &str = "parapet.client.attempt.duration";
 }
 
+/// The bucket boundaries, in seconds, that the OpenTelemetry HTTP
+/// semantic conventions advise for `http.client.request.duration`. The
+/// `metrics` facade carries no buckets: give these to the exporter (for
+/// Prometheus, `PrometheusBuilder::set_buckets_for_metric`), for the
+/// call and the attempt durations alike.
+///
+/// ```
+/// assert_eq!(parapet_metrics::DURATION_BUCKETS.first(), Some(&0.005));
+/// assert_eq!(parapet_metrics::DURATION_BUCKETS.last(), Some(&10.0));
+/// ```
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
 /// Gives the installed recorder each metric's unit and description, for
 /// exporters that show them. Call it once, after installing the recorder.
 pub fn describe() {
