@@ -135,9 +135,23 @@ impl<'a> AuthorityRef<'a> {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "metrics"))]
     pub(crate) fn host(&self) -> &'a str {
         self.host
+    }
+
+    /// The port as a `server.port` label: the URI's, else the scheme's
+    /// default; `None` when neither is known (no scheme or an unknown one,
+    /// and no port given).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn known_port(&self) -> Option<u16> {
+        match self.scheme {
+            _ if self.port == 0 => None,
+            SchemeRef::Http | SchemeRef::Https => Some(self.port),
+            SchemeRef::None | SchemeRef::Other(_) => {
+                (self.port != self.scheme.default_port()).then_some(self.port)
+            }
+        }
     }
 
     #[cfg(test)]

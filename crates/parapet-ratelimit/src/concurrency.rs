@@ -289,6 +289,8 @@ where
         let now = parapet_core::clock::now();
         let latest = self.wait.latest(now, req.extensions());
         if latest.is_some_and(|latest| latest <= now) {
+            #[cfg(feature = "metrics")]
+            crate::metrics::concurrency_rejected(AuthorityRef::of(&req));
             return ConcurrencyLimitFuture {
                 state: State::Failed { error },
             };
@@ -394,13 +396,24 @@ where
                         limit,
                     } = *p;
                     match permit {
-                        Some(permit) => state.set(State::Called {
-                            fut: svc.call(req),
-                            permit: Some(permit),
-                        }),
-                        None => state.set(State::Failed {
-                            error: ConcurrencyLimited::new(limit, since.elapsed()),
-                        }),
+                        Some(permit) => {
+                            #[cfg(feature = "metrics")]
+                            crate::metrics::concurrency_queued(
+                                AuthorityRef::of(&req),
+                                Instant::now().saturating_duration_since(since),
+                            );
+                            state.set(State::Called {
+                                fut: svc.call(req),
+                                permit: Some(permit),
+                            });
+                        }
+                        None => {
+                            #[cfg(feature = "metrics")]
+                            crate::metrics::concurrency_rejected(AuthorityRef::of(&req));
+                            state.set(State::Failed {
+                                error: ConcurrencyLimited::new(limit, since.elapsed()),
+                            });
+                        }
                     }
                 }
             }

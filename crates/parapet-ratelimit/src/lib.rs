@@ -125,11 +125,44 @@
 //!
 //! Per-authority state is swept by a small background task that runs only
 //! while there is state to sweep and stops by itself.
+//!
+//! # Metrics
+//!
+//! With the cargo feature `metrics` (off by default) the layers report
+//! what they did through the [`metrics`](https://docs.rs/metrics/0.24)
+//! facade, to whatever recorder the application installed (none: nothing
+//! is kept). They record on the event only, a wait, a gate closing, a
+//! refusal, so a call that meets no limit records nothing and costs
+//! nothing more; with the feature off none of it is compiled in. The names
+//! are constants in [`metric_names`], there with the feature off too.
+//!
+//! | name | kind | unit | labels | moves when |
+//! | --- | --- | --- | --- | --- |
+//! | `parapet.client.throttle.closures` | counter | `{closure}` | `server.address`, `server.port`, `source` | a response closed its authority's gate: `Retry-After` on a 403, 429 or 503 (`source` = `retry_after`), or `X-RateLimit-*` / `RateLimit` saying nothing remains (`rate_limit`) |
+//! | `parapet.client.throttle.held` | histogram | `s` | as closures | with each closure: how long the response closed the gate for, after the [`max_server_wait`](ThrottleLayer::max_server_wait) cap |
+//! | `parapet.client.throttle.wait` | histogram | `s` | `server.address`, `server.port` | a request held at the gate (closed, or pacing the last requests of a window) goes on: how long it waited, release jitter included; waits above zero only |
+//! | `parapet.client.throttle.rejections` | counter | `{request}` | `server.address`, `server.port` | the throttle fails a request with [`Throttled`]: reject mode, or the gate opening past `max_wait` or the deadline (when it arrives, or on a gate closed again while it waited) |
+//! | `parapet.client.rate_limit.wait` | histogram | `s` | `server.address`, `server.port` | a request that queued for the client-side rate limit takes its token: how long it waited; waits above zero only |
+//! | `parapet.client.rate_limit.rejections` | counter | `{request}` | `server.address`, `server.port` | the rate limiter fails a request with [`RateLimited`]: reject mode, or a turn past `max_wait` or the deadline |
+//! | `parapet.client.concurrency.queue` | histogram | `s` | `server.address`, `server.port` | a request that found every slot taken gets one: how long it queued |
+//! | `parapet.client.concurrency.rejections` | counter | `{request}` | `server.address`, `server.port` | the concurrency limiter fails a request with [`ConcurrencyLimited`]: reject mode, or no slot within `max_wait` or the deadline |
+//!
+//! Durations are in seconds, as `f64`, measured on tokio's clock (so
+//! paused-time tests see exact values). `server.address` is the request's
+//! host (from its URI, or its `Host` header when the URI is relative),
+//! never a path, a query or userinfo; `server.port` is the URI's port, else
+//! the scheme's default (443, 80), and is left out when neither is known.
+//! Labels are the request's, whether the limiter keeps one state for every
+//! call or one per authority; a closure carries those of the request whose
+//! response closed the gate.
 
 mod authority;
 mod concurrency;
 mod error;
 mod gcra;
+pub mod metric_names;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod queue;
 mod quota;
 mod ratelimit;

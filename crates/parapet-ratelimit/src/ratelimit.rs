@@ -631,6 +631,8 @@ where
             // The common path: a token was there; no clone, no allocation.
             Arrival::Go => return RateLimitFuture::called(self.inner.call(req)),
             Arrival::Refused(earliest) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::rate_limit_rejected(AuthorityRef::of(&req));
                 return RateLimitFuture::failed(RateLimited::new(earliest, now));
             }
             Arrival::Wait { id, at } => (id, at),
@@ -657,6 +659,8 @@ where
                     req,
                     ticket,
                     latest,
+                    #[cfg(feature = "metrics")]
+                    since: now,
                 })),
             },
         }
@@ -699,6 +703,9 @@ struct Parked<S, B> {
     req: Request<B>,
     ticket: Ticket,
     latest: Option<Instant>,
+    /// When it arrived.
+    #[cfg(feature = "metrics")]
+    since: Instant,
 }
 
 pin_project! {
@@ -772,12 +779,19 @@ where
                     let at = match p.ticket.turn(now, p.latest, cx.waker()) {
                         Turn::Go => {
                             if let Some(p) = parked.take() {
+                                #[cfg(feature = "metrics")]
+                                crate::metrics::rate_limit_waited(
+                                    AuthorityRef::of(&p.req),
+                                    now.saturating_duration_since(p.since),
+                                );
                                 let Parked { mut svc, req, .. } = *p;
                                 state.set(State::Called { fut: svc.call(req) });
                             }
                             continue;
                         }
                         Turn::Refused(earliest) => {
+                            #[cfg(feature = "metrics")]
+                            crate::metrics::rate_limit_rejected(AuthorityRef::of(&p.req));
                             let error = RateLimited::new(earliest, now);
                             state.set(State::Failed { error });
                             continue;

@@ -197,6 +197,12 @@ impl Shared {
                 self.gates.update(target.key(), now, |gate| {
                     gate.closed_until = gate.closed_until.max(until);
                 });
+                #[cfg(feature = "metrics")]
+                crate::metrics::throttle_closed(
+                    target.key(),
+                    limit.source(),
+                    until.saturating_duration_since(now),
+                );
             }
             return;
         }
@@ -486,6 +492,8 @@ where
         };
         let latest = self.shared.config.wait.latest(now, req.extensions());
         if latest.is_some_and(|latest| until > latest) {
+            #[cfg(feature = "metrics")]
+            crate::metrics::throttle_rejected(key.key());
             return ThrottleFuture::failed(Throttled::new(until, now));
         }
         let release = self.shared.release_at(until, closed, now);
@@ -503,6 +511,8 @@ where
                     shared: Arc::clone(&self.shared),
                     key,
                     latest,
+                    #[cfg(feature = "metrics")]
+                    since: now,
                 })),
             },
         }
@@ -516,6 +526,9 @@ struct Parked<S, B> {
     shared: Arc<Shared>,
     key: Target,
     latest: Option<Instant>,
+    /// When it started waiting.
+    #[cfg(feature = "metrics")]
+    since: Instant,
 }
 
 pin_project! {
@@ -597,6 +610,11 @@ where
                     match p.shared.gates.admit(&p.key) {
                         Ok(()) => {
                             if let Some(p) = parked.take() {
+                                #[cfg(feature = "metrics")]
+                                crate::metrics::throttle_waited(
+                                    p.key.key(),
+                                    Instant::now().saturating_duration_since(p.since),
+                                );
                                 let Parked {
                                     mut svc,
                                     req,
@@ -612,6 +630,8 @@ where
                             }
                         }
                         Err((until, _, now)) if p.latest.is_some_and(|l| until > l) => {
+                            #[cfg(feature = "metrics")]
+                            crate::metrics::throttle_rejected(p.key.key());
                             state.set(State::Failed {
                                 error: Throttled::new(until, now),
                             });
