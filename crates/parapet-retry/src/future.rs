@@ -694,7 +694,7 @@ impl<S> Call<S> {
 
         let backoff = policy.backoff.delay(attempt, rs.previous_delay);
         let mut delay = backoff;
-        let mut source = "backoff";
+        let mut from_server = false;
         if let Some(told) = told {
             let told_secs = told.as_secs();
             if told > policy.max_retry_after {
@@ -710,7 +710,7 @@ impl<S> Call<S> {
                     .backoff
                     .jitter
                     .spread_up(told, policy.retry_after_jitter);
-                source = "server";
+                from_server = true;
             }
         }
         if time_left.is_some_and(|left| delay > left || left.is_zero()) {
@@ -732,9 +732,18 @@ impl<S> Call<S> {
             attempt = rs.attempt,
             %reason, error = error.map(tracing::field::display),
             delay_ms = millis(delay),
-            delay_source = source,
+            delay_source = if from_server { "server" } else { "backoff" },
             "retrying request"
         );
+        #[cfg(feature = "metrics")]
+        if let Some(uri) = &rs.uri {
+            let source = if from_server {
+                crate::metrics::WaitSource::RetryAfter
+            } else {
+                crate::metrics::WaitSource::Backoff
+            };
+            crate::metrics::retry_wait(uri, source, delay);
+        }
         let request = rs.request(body);
         let at = now.checked_add(delay).unwrap_or_else(|| far_future(now));
         Ok((at, request))

@@ -219,12 +219,45 @@
 //! atomic add, the policy's reference count taken and released, and moving
 //! the request.
 //!
+//! # Metrics
+//!
+//! With the cargo feature `metrics`, the layer records through the
+//! [`metrics`](https://docs.rs/metrics/0.24) facade (the application
+//! installs the recorder; with none installed, every record is discarded):
+//!
+//! | name | kind | unit | labels | moves when |
+//! | --- | --- | --- | --- | --- |
+//! | [`parapet.client.retry.wait`](metric_names::RETRY_WAIT) | histogram | `s` | `server.address`, `server.port`, `source` | the layer has decided to re-send a request and chosen how long to wait first: once per retry, before the wait starts |
+//!
+//! - `server.address` is the request URI's host (never its user
+//!   information, path or query), `server.port` its port, else the
+//!   scheme's default (443 for `https`, 80 for `http`); each is left out
+//!   when the URI has none (a relative URI).
+//! - `source` is `retry_after` when the wait is the server's
+//!   `Retry-After` (spread upwards by the
+//!   [jitter](RetryPolicyBuilder::retry_after_jitter)) because it was longer
+//!   than the backoff, and `backoff` otherwise: no `Retry-After`, one
+//!   malformed or not obeyed for the status, or one shorter than the
+//!   backoff. The layer reads no other rate-limit header, so there is no
+//!   `rate_limit` source.
+//! - The value is the wait chosen, in seconds, as a `f64`. A retry that is
+//!   refused (see [`NotRetried`]) records nothing; nor does a wait cut
+//!   short because the caller dropped the future. The restart of a
+//!   [response body that broke](#a-body-that-breaks) records its wait like
+//!   any retry.
+//!
+//! The record is made on a retry only: a call answered at once costs
+//! nothing, and without the feature nothing of it is compiled in. The names
+//! are in [`metric_names`] whether or not the feature is on.
+//!
 //! # Features
 //!
 //! - `hyper-util` (off by default; the `parapet` facade turns it on): turns
 //!   on parapet-core's feature of the same name, so that a
 //!   `hyper_util::client::legacy::Error` decides by its `is_connect()`
 //!   whether "the request never left"; see [`request_never_sent`].
+//! - `metrics` (off by default): records the [metrics](#metrics) through
+//!   the `metrics` crate (0.24).
 
 mod backoff;
 mod body;
@@ -233,6 +266,8 @@ mod error;
 mod future;
 mod layer;
 mod max_attempts;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod never_sent;
 mod not_retried;
 mod policy;
@@ -251,3 +286,12 @@ pub use policy::{
     DEFAULT_RETRY_STATUSES, InvalidRetryPolicy, Outcome, RetryPolicy, RetryPolicyBuilder, Verdict,
 };
 pub use service::Retry;
+
+/// The names of the metrics this crate records with the feature `metrics`
+/// (see [the table](crate#metrics)).
+pub mod metric_names {
+    /// `parapet.client.retry.wait`: histogram, seconds; the wait chosen
+    /// before a re-send, by `server.address`, `server.port` and `source`
+    /// (`retry_after` or `backoff`).
+    pub const RETRY_WAIT: &str = "parapet.client.retry.wait";
+}
