@@ -203,9 +203,26 @@ struct State {
     // A 401 invalidated the current token: the next token fetched gets a
     // re-auth cool-down.
     reauth_pending: bool,
+    // `invalidate` dropped the current token (the server refused it): the
+    // next fetch is a re-auth, for the metrics.
+    #[cfg(feature = "metrics")]
+    invalidated: bool,
 }
 
 impl State {
+    /// What a fetch starting now is for, as the cache knows it.
+    #[cfg(feature = "metrics")]
+    fn fetch_kind(&self) -> crate::metrics::FetchKind {
+        use crate::metrics::FetchKind;
+        if self.reauth_pending || self.invalidated {
+            FetchKind::Reauth
+        } else if self.generation == 0 {
+            FetchKind::Initial
+        } else {
+            FetchKind::Refresh
+        }
+    }
+
     fn in_cooldown(&self, now: Instant) -> bool {
         self.cooldown_until.is_some_and(|t| now < t)
     }
@@ -385,6 +402,10 @@ impl TokenCache {
             .is_some_and(|c| c.generation() == used.generation())
         {
             st.current = None;
+            #[cfg(feature = "metrics")]
+            {
+                st.invalidated = true;
+            }
             tracing::debug!(
                 generation = used.generation(),
                 "token invalidated after the server rejected it"
@@ -465,7 +486,15 @@ impl TokenCache {
         st.fetch = Some(rx.clone());
         let inner = Arc::clone(&self.inner);
         let id = st.fetch_id;
-        drop(runtime.spawn(fetch_task(inner, id, tx)));
+        #[cfg(feature = "metrics")]
+        let kind = st.fetch_kind();
+        drop(runtime.spawn(fetch_task(
+            inner,
+            id,
+            tx,
+            #[cfg(feature = "metrics")]
+            kind,
+        )));
         Some(rx)
     }
 }
@@ -496,14 +525,25 @@ impl Drop for FetchGuard<'_> {
     }
 }
 
-async fn fetch_task(inner: Arc<Inner>, id: u64, tx: watch::Sender<Outcome>) {
+async fn fetch_task(
+    inner: Arc<Inner>,
+    id: u64,
+    tx: watch::Sender<Outcome>,
+    #[cfg(feature = "metrics")] kind: crate::metrics::FetchKind,
+) {
     let mut guard = FetchGuard {
         inner: &inner,
         id,
         armed: true,
     };
+    #[cfg(feature = "metrics")]
+    let started = Instant::now();
     let result = inner.fetch().await;
     let outcome = inner.install(result, id);
+    // NOTE: after `install`, so that a token the endpoint sent but the
+    // cache cannot use (empty, not visible ASCII) counts as an error.
+    #[cfg(feature = "metrics")]
+    crate::metrics::token_fetch(kind, outcome.is_ok(), started.elapsed());
     guard.armed = false;
     drop(guard);
     tx.send_replace(Some(outcome));
@@ -571,6 +611,10 @@ impl Inner {
             Ok(entry) => {
                 st.generation = generation;
                 st.reauth_pending = false;
+                #[cfg(feature = "metrics")]
+                {
+                    st.invalidated = false;
+                }
                 st.current = Some(entry.clone());
                 st.failures = 0;
                 st.cooldown_until = None;

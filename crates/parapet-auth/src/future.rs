@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::cache::{Acquire, WaitFuture, wait};
+#[cfg(feature = "metrics")]
+use crate::metrics::Refusal;
 use crate::{CachedToken, On401, TokenCache, TokenError};
 
 /// What is needed to send a request again: its head (without the
@@ -258,6 +260,8 @@ where
                     };
                     if !replay.body.can_replay() {
                         tracing::debug!("401, but the request body cannot be sent again");
+                        #[cfg(feature = "metrics")]
+                        crate::metrics::reauth_refused(Refusal::BodyNotReplayable);
                         return Poll::Ready(Ok(resp));
                     }
                     let Some(next) = extra.cache.reauth(used) else {
@@ -265,6 +269,8 @@ where
                             generation = used.generation(),
                             "401 to a token fetched after a 401 moments ago: returning it"
                         );
+                        #[cfg(feature = "metrics")]
+                        crate::metrics::reauth_refused(Refusal::ReauthCooldown);
                         return Poll::Ready(Ok(resp));
                     };
                     tracing::debug!(
@@ -278,6 +284,8 @@ where
                         }
                         Acquire::Failed(e) => {
                             tracing::debug!(error = %e, "no fresh token: returning the 401");
+                            #[cfg(feature = "metrics")]
+                            crate::metrics::reauth_refused(Refusal::NoToken);
                             return Poll::Ready(Ok(resp));
                         }
                         Acquire::Wait(rx) => {
@@ -300,6 +308,8 @@ where
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "no fresh token: returning the 401");
+                            #[cfg(feature = "metrics")]
+                            crate::metrics::reauth_refused(Refusal::NoToken);
                             return Poll::Ready(
                                 extra
                                     .unauthorized
@@ -323,11 +333,21 @@ where
                     };
                     // The 401 is no longer needed: let its connection go.
                     drop(extra.unauthorized.take());
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::reauth(&replay.uri);
                     let fut = svc.call(replay.into_request(token));
                     this.state.set(State::Second { fut });
                 }
                 StateProj::Second { fut } => {
-                    return fut.poll(cx).map_err(Into::into);
+                    let result = ready!(fut.poll(cx)).map_err(Into::into);
+                    #[cfg(feature = "metrics")]
+                    if result
+                        .as_ref()
+                        .is_ok_and(|r| r.status() == StatusCode::UNAUTHORIZED)
+                    {
+                        crate::metrics::reauth_refused(Refusal::AlreadyReauthed);
+                    }
+                    return Poll::Ready(result);
                 }
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(error.take().unwrap_or_else(|| internal("failed"))));

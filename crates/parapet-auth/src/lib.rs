@@ -87,6 +87,65 @@
 //!   ready inner service wait in that same `Box`, beside the boxed wait for
 //!   the token; a clone of the inner service takes the ready one's place.
 //!
+//! # Metrics
+//!
+//! With the cargo feature `metrics`, the token cache and the layer record
+//! through the [`metrics`](https://docs.rs/metrics/0.24) facade (the
+//! application installs the recorder; with none installed, every record is
+//! discarded):
+//!
+//! | name | kind | unit | labels | moves when |
+//! | --- | --- | --- | --- | --- |
+//! | [`parapet.client.token.fetches`](metric_names::TOKEN_FETCHES) | counter | `{fetch}` | `kind`, `outcome` | a [`TokenCache`] fetch ended |
+//! | [`parapet.client.token.fetch.duration`](metric_names::TOKEN_FETCH_DURATION) | histogram | `s` | `outcome` | a [`TokenCache`] fetch ended: how long it took |
+//! | [`parapet.client.reauths`](metric_names::REAUTHS) | counter | `{request}` | `server.address`, `server.port` | the layer re-sends a request after a 401, with a fresh token |
+//! | [`parapet.client.reauths_refused`](metric_names::REAUTHS_REFUSED) | counter | `{response}` | `reason` | the layer returns a 401 it would have answered with a fresh token and a re-send, without one |
+//!
+//! - **A fetch** is one fetch of the cache, shared by every caller that
+//!   waits for it: from its start to the token installed (or the error
+//!   kept), its retries of a transient failure
+//!   ([`fetch_attempts`](TokenCacheBuilder::fetch_attempts), with their
+//!   backoff) and its [timeout](TokenCacheBuilder::fetch_timeout) included.
+//!   So the counter counts what the cache decided, not the requests to the
+//!   token endpoint (a fetch retried twice sent three). A caller served
+//!   from the cache, or failed at once during a cool-down after a failed
+//!   fetch, records nothing. A fetch whose task the runtime drops (at its
+//!   shutdown) records nothing either.
+//! - `kind` is what the cache knows when the fetch starts: `initial` (no
+//!   token fetched yet, the first fetch and its retries after failures),
+//!   `reauth` (the server refused the current token: a 401 to the layer,
+//!   or [`TokenCache::invalidate`]), else `refresh` (the token is due for
+//!   its refresh ahead of expiry, or expired).
+//! - `outcome` is `ok` when the cache installed a token, `error` when the
+//!   fetch failed: the provider's error (an endpoint refusing, answering
+//!   junk, unreachable), a timeout, or a token the cache cannot use (empty,
+//!   or not visible ASCII). There is no separate failure counter: failures
+//!   are `parapet.client.token.fetches{outcome="error"}`.
+//! - **A re-auth** is counted when the re-send leaves (after the fresh
+//!   token came and the inner service was ready), by the request's
+//!   `server.address` (its URI's host: never user information, a path or
+//!   a query) and `server.port` (the URI's, else the scheme's default).
+//! - **A refused re-auth** has a `reason`: `body_not_replayable` (the
+//!   request body went past the replay cap), `reauth_cooldown` (the refused
+//!   token was itself fetched after a 401 moments ago), `no_token` (the
+//!   fetch for a fresh token failed, or a failed fetch's cool-down is on),
+//!   `already_reauthed` (the re-sent request got a 401 too: there is one
+//!   re-send at most). A 401 the layer is not set to answer records
+//!   nothing: static credentials, [`On401::Return`], a challenge without
+//!   `invalid_token` under [`On401::RefreshIfInvalidToken`], and a request
+//!   whose body was known not to be replayable before it was sent (a
+//!   [`ReplayBody`](parapet_core::ReplayBody) an outer layer found past its
+//!   cap), for which no re-send was ever armed.
+//!
+//! Records happen on these events only: a request served with a cached
+//! token costs nothing, and without the feature nothing of it is compiled
+//! in. The names are in [`metric_names`] whether or not the feature is on.
+//!
+//! # Features
+//!
+//! - `metrics` (off by default): records the [metrics](#metrics) through
+//!   the `metrics` crate (0.24).
+//!
 //! # Example
 //!
 //! ```
@@ -128,6 +187,8 @@ mod error;
 mod form;
 mod future;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod oauth2;
 mod secret;
 mod service;
@@ -147,3 +208,23 @@ pub use oauth2::{
 pub use secret::SecretString;
 pub use service::Auth;
 pub use token::{FnProvider, ProvideToken, Token, TokenFuture, provider_fn};
+
+/// The names of the metrics this crate records with the feature `metrics`
+/// (see [the table](crate#metrics)).
+pub mod metric_names {
+    /// `parapet.client.token.fetches`: counter of the token cache's
+    /// fetches, by `kind` (`initial`, `refresh`, `reauth`) and `outcome`
+    /// (`ok`, `error`).
+    pub const TOKEN_FETCHES: &str = "parapet.client.token.fetches";
+    /// `parapet.client.token.fetch.duration`: histogram, seconds; how long
+    /// each fetch took, retries included, by `outcome`.
+    pub const TOKEN_FETCH_DURATION: &str = "parapet.client.token.fetch.duration";
+    /// `parapet.client.reauths`: counter of the requests re-sent after a
+    /// 401 with a fresh token, by `server.address` and `server.port`.
+    pub const REAUTHS: &str = "parapet.client.reauths";
+    /// `parapet.client.reauths_refused`: counter of the 401s returned
+    /// without the re-send they would have had, by `reason`
+    /// (`body_not_replayable`, `reauth_cooldown`, `no_token`,
+    /// `already_reauthed`).
+    pub const REAUTHS_REFUSED: &str = "parapet.client.reauths_refused";
+}
