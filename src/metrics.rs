@@ -12,10 +12,19 @@
 //! span, so it sees each request that leaves (redirect hops too) and names
 //! each retry's reason.
 //!
-//! Off unless [`ClientBuilder::metrics`](crate::ClientBuilder::metrics)
-//! says so; then the client takes the stack shape with on/off layers, and
-//! the default shape (no layer that is off by default turned on) is left
-//! as it is. Built without the feature, the layers are not compiled in.
+//! The feature also turns on the layers' own event metrics (retry waits,
+//! the throttle's gate, the limiters' waits and refusals, token fetches
+//! and re-auths after a 401: the second table in
+//! [`parapet::metrics`](crate::metrics)). Those are recorded by the layers
+//! themselves when the event happens, whether or not
+//! [`ClientBuilder::metrics`](crate::ClientBuilder::metrics) is on: a call
+//! that meets none of them records nothing.
+//!
+//! The call and attempt layers are off unless
+//! [`ClientBuilder::metrics`](crate::ClientBuilder::metrics) says so;
+//! then the client takes the stack shape with on/off layers, and the
+//! default shape (no layer that is off by default turned on) is left as
+//! it is. Built without the feature, the layers are not compiled in.
 
 use std::error::Error as StdError;
 

@@ -61,18 +61,33 @@
 //! `parapet.client.attempt.duration` is the per-request figure. A stack
 //! without retries has one attempt per call and the two agree.
 //!
-//! ## Not covered yet
+//! ## The layers' own events
 //!
-//! The list has more; each needs the layer that knows to say so,
-//! and these layers emit nothing a layer above can read today:
+//! The layers that decide to wait, hold or fetch record what they did
+//! themselves, each behind its crate's cargo feature `metrics` (the
+//! facade's feature `metrics` turns all of them on). They record on the
+//! event only (a wait, a gate closing, a token fetch), so a call that
+//! meets none costs nothing; and with the feature off nothing is compiled
+//! in. They do not depend on this crate's layers and record whether or
+//! not `ClientBuilder::metrics` is on.
 //!
-//! | wanted | what it would need |
-//! | --- | --- |
-//! | `Retry-After` waits and their source | the retry layer to put the wait it chose (and whether it came from `Retry-After` or backoff) in the next attempt's extensions, or a `NotRetried`-like record on the response |
-//! | throttle gate closures, time held | the throttle (parapet-ratelimit) to report a gate closing and reopening: an event hook or a counter of its own |
-//! | rate-limit waits and rejections | the rate limiter to leave its wait in the request's extensions (rejections are visible today as `error.type = rate_limited` with the facade's classifier) |
-//! | concurrency-limit queue time | the concurrency limiter to leave its queue time in the extensions |
-//! | token fetches, refreshes, failures; re-auths after 401 | parapet-auth's token cache and auth layer to emit events (a fetch happens outside any request this crate sees) |
+//! | name | kind | unit | attributes | moves when | crate |
+//! | --- | --- | --- | --- | --- | --- |
+//! | `parapet.client.retry.wait` | histogram | `s` | `server.address`, `server.port`, `source` (`retry_after` when the server's wait was the longer, else `backoff`) | the retry layer chose a wait before a re-send (a body restart's too) | parapet-retry |
+//! | `parapet.client.throttle.closures` | counter | `{closure}` | `server.address`, `server.port`, `source` | a response said wait (`source`: `retry_after`, or `rate_limit` for the rate-limit headers) and the throttle's gate closed, each such response counted | parapet-ratelimit |
+//! | `parapet.client.throttle.held` | histogram | `s` | as closures | the gate closed: for how long | parapet-ratelimit |
+//! | `parapet.client.throttle.wait` | histogram | `s` | `server.address`, `server.port` | a request waited at a closed gate, or for the throttle's pacing of a server's last few requests | parapet-ratelimit |
+//! | `parapet.client.throttle.rejections` | counter | `{request}` | `server.address`, `server.port` | the throttle refused a request (reject mode, or the gate opens past its bound) | parapet-ratelimit |
+//! | `parapet.client.rate_limit.wait` | histogram | `s` | `server.address`, `server.port` | a request waited for the client-side rate limit | parapet-ratelimit |
+//! | `parapet.client.rate_limit.rejections` | counter | `{request}` | `server.address`, `server.port` | the rate limiter refused a request | parapet-ratelimit |
+//! | `parapet.client.concurrency.queue` | histogram | `s` | `server.address`, `server.port` | a request that queued for a concurrency permit got it | parapet-ratelimit |
+//! | `parapet.client.concurrency.rejections` | counter | `{request}` | `server.address`, `server.port` | the concurrency limit refused a request (reject mode, or no permit within its bound) | parapet-ratelimit |
+//! | `parapet.client.token.fetches` | counter | `{fetch}` | `kind` (`initial`, `refresh`, `reauth`), `outcome` (`ok`, `error`) | a token cache fetch ended (its own retries included: one fetch, however many requests); a failure is `outcome=error` | parapet-auth |
+//! | `parapet.client.token.fetch.duration` | histogram | `s` | `outcome` | a token fetch ended | parapet-auth |
+//! | `parapet.client.reauths` | counter | `{request}` | `server.address`, `server.port` | the auth layer re-sent a request after a 401 with a fresh token | parapet-auth |
+//! | `parapet.client.reauths_refused` | counter | `{response}` | `reason` (`body_not_replayable`, `reauth_cooldown`, `no_token`, `already_reauthed`) | the auth layer returned a 401 without a re-send | parapet-auth |
+//!
+//! Each crate's docs hold the exact moment and attributes of its own.
 //!
 //! # Cost
 //!
@@ -110,6 +125,36 @@ pub mod names {
     pub const RETRIES_REFUSED: &str = "parapet.client.retries_refused";
     /// `parapet.client.attempt.duration`: histogram, seconds, per attempt.
     pub const ATTEMPT_DURATION: &str = "parapet.client.attempt.duration";
+
+    // The layers' own events (each crate's `metric_names` holds the same
+    // strings; the facade's tests check that they agree).
+
+    /// `parapet.client.retry.wait`: histogram, seconds (parapet-retry).
+    pub const RETRY_WAIT: &str = "parapet.client.retry.wait";
+    /// `parapet.client.throttle.closures`: counter (parapet-ratelimit).
+    pub const THROTTLE_CLOSURES: &str = "parapet.client.throttle.closures";
+    /// `parapet.client.throttle.held`: histogram, seconds (parapet-ratelimit).
+    pub const THROTTLE_HELD: &str = "parapet.client.throttle.held";
+    /// `parapet.client.throttle.wait`: histogram, seconds (parapet-ratelimit).
+    pub const THROTTLE_WAIT: &str = "parapet.client.throttle.wait";
+    /// `parapet.client.throttle.rejections`: counter (parapet-ratelimit).
+    pub const THROTTLE_REJECTIONS: &str = "parapet.client.throttle.rejections";
+    /// `parapet.client.rate_limit.wait`: histogram, seconds (parapet-ratelimit).
+    pub const RATE_LIMIT_WAIT: &str = "parapet.client.rate_limit.wait";
+    /// `parapet.client.rate_limit.rejections`: counter (parapet-ratelimit).
+    pub const RATE_LIMIT_REJECTIONS: &str = "parapet.client.rate_limit.rejections";
+    /// `parapet.client.concurrency.queue`: histogram, seconds (parapet-ratelimit).
+    pub const CONCURRENCY_QUEUE: &str = "parapet.client.concurrency.queue";
+    /// `parapet.client.concurrency.rejections`: counter (parapet-ratelimit).
+    pub const CONCURRENCY_REJECTIONS: &str = "parapet.client.concurrency.rejections";
+    /// `parapet.client.token.fetches`: counter (parapet-auth).
+    pub const TOKEN_FETCHES: &str = "parapet.client.token.fetches";
+    /// `parapet.client.token.fetch.duration`: histogram, seconds (parapet-auth).
+    pub const TOKEN_FETCH_DURATION: &str = "parapet.client.token.fetch.duration";
+    /// `parapet.client.reauths`: counter (parapet-auth).
+    pub const REAUTHS: &str = "parapet.client.reauths";
+    /// `parapet.client.reauths_refused`: counter (parapet-auth).
+    pub const REAUTHS_REFUSED: &str = "parapet.client.reauths_refused";
 }
 
 /// The bucket boundaries, in seconds, that the OpenTelemetry HTTP
@@ -171,4 +216,78 @@ pub fn describe() {
         Unit::Seconds,
         "Duration of each HTTP client request sent"
     );
+    let events: [(&'static str, Unit, &'static str); 13] = [
+        (
+            names::RETRY_WAIT,
+            Unit::Seconds,
+            "Waits chosen before a retry, by source",
+        ),
+        (
+            names::THROTTLE_CLOSURES,
+            Unit::Count,
+            "Responses that closed the throttle's gate, by source",
+        ),
+        (
+            names::THROTTLE_HELD,
+            Unit::Seconds,
+            "How long each closing held the throttle's gate",
+        ),
+        (
+            names::THROTTLE_WAIT,
+            Unit::Seconds,
+            "Time requests waited at the throttle",
+        ),
+        (
+            names::THROTTLE_REJECTIONS,
+            Unit::Count,
+            "Requests the throttle refused",
+        ),
+        (
+            names::RATE_LIMIT_WAIT,
+            Unit::Seconds,
+            "Time requests waited for the client-side rate limit",
+        ),
+        (
+            names::RATE_LIMIT_REJECTIONS,
+            Unit::Count,
+            "Requests the client-side rate limit refused",
+        ),
+        (
+            names::CONCURRENCY_QUEUE,
+            Unit::Seconds,
+            "Time requests queued for a concurrency permit",
+        ),
+        (
+            names::CONCURRENCY_REJECTIONS,
+            Unit::Count,
+            "Requests the concurrency limit refused",
+        ),
+        (
+            names::TOKEN_FETCHES,
+            Unit::Count,
+            "Token cache fetches, by kind and outcome",
+        ),
+        (
+            names::TOKEN_FETCH_DURATION,
+            Unit::Seconds,
+            "Duration of token cache fetches",
+        ),
+        (
+            names::REAUTHS,
+            Unit::Count,
+            "Requests re-sent after a 401 with a fresh token",
+        ),
+        (
+            names::REAUTHS_REFUSED,
+            Unit::Count,
+            "401s returned without a re-send, by reason",
+        ),
+    ];
+    for (name, unit, text) in events {
+        if unit == Unit::Seconds {
+            describe_histogram!(name, unit, text);
+        } else {
+            describe_counter!(name, unit, text);
+        }
+    }
 }
