@@ -348,6 +348,22 @@ pub fn cases() -> Vec<Case> {
             black_box(poll_once(resp.bytes(), "bytes").expect("bytes"));
         }),
     });
+    #[cfg(feature = "metrics")]
+    {
+        let client = parapet::Client::builder()
+            .metrics(true)
+            .build_with(Ready)
+            .expect("the configuration builds");
+        v.push(Case {
+            future_bytes: 0,
+            name: "facade_send_metrics",
+            what: "facade_send with ClientBuilder::metrics(true) (recorder: whatever is installed)",
+            run: Box::new(move || {
+                let resp = poll_once(client.get(URL).send(), "send").expect("send");
+                black_box(poll_once(resp.bytes(), "bytes").expect("bytes"));
+            }),
+        });
+    }
     v
 }
 

@@ -6,7 +6,9 @@
 //! - `allocs --subscriber [BENCHER_OUTPUT]`: the cases with a `fmt`
 //!   subscriber installed (a process of its own, like the bench);
 //! - `allocs --only NAME[,NAME...] [--calls N]`: run cases alone and print
-//!   their counts (for `valgrind --tool=dhat` or `--tool=callgrind`).
+//!   their counts (for `valgrind --tool=dhat` or `--tool=callgrind`);
+//!   built with `--features metrics`, `--prometheus` after them installs
+//!   metrics-exporter-prometheus's recorder first.
 
 #![forbid(unsafe_code)]
 
@@ -71,6 +73,14 @@ fn main() {
         };
         if args.iter().any(|a| a == "--subscriber") {
             parapet_bench::install_fmt_subscriber();
+        }
+        #[cfg(feature = "metrics")]
+        if args.iter().any(|a| a == "--prometheus") {
+            // The recorder an application would install: every metric
+            // registered and stored, rendered only on a scrape.
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no recorder installed yet");
         }
         let mut all = parapet_bench::cases();
         for name in names.split(',') {

@@ -4,17 +4,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::sync::Arc;
+
 use http::{Request, Response};
-use metrics::{Label, counter, histogram};
+use metrics::{Histogram, Label, counter, histogram};
 use parapet_core::{Attempt, BoxError};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::common::{
-    CallShared, ErrorTypeFn, Outcome, default_error_type, push_outcome, request_labels,
-};
+use crate::common::{CallShared, ErrorTypeFn, Outcome, default_error_type};
+use crate::handles::{ByOutcome, Registry, Target};
 use crate::names;
 
 /// Records each attempt's duration (`parapet.client.attempt.duration`)
@@ -49,6 +50,7 @@ use crate::names;
 #[derive(Debug, Clone)]
 pub struct AttemptMetricsLayer {
     error_type: ErrorTypeFn,
+    targets: Registry<ByOutcome<Histogram>>,
 }
 
 impl AttemptMetricsLayer {
@@ -57,6 +59,7 @@ impl AttemptMetricsLayer {
     pub fn new() -> Self {
         Self {
             error_type: default_error_type,
+            targets: Registry::new(),
         }
     }
 
@@ -136,7 +139,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let labels = request_labels(&req);
+        let target = self
+            .layer
+            .targets
+            .get(&req, |_| ByOutcome::<Histogram>::new());
         let shared = req.extensions().get::<CallShared>().cloned();
         if let Some(shared) = &shared {
             shared.count_attempt();
@@ -145,7 +151,7 @@ where
                 .last()
                 .filter(|o| !matches!(o, Outcome::Status(s) if s.is_redirection()));
             if let (true, Some(last)) = (number > 1, retry_of) {
-                let mut labels = labels.clone();
+                let mut labels = target.labels.clone();
                 labels.push(Label::new("reason", last.reason()));
                 counter!(names::RETRIES, labels).increment(1);
             }
@@ -154,7 +160,7 @@ where
             inner: self.inner.call(req),
             state: Some(AttemptState {
                 start: Instant::now(),
-                labels,
+                target,
                 shared,
                 error_type: self.layer.error_type,
             }),
@@ -166,7 +172,7 @@ where
 #[derive(Debug)]
 struct AttemptState {
     start: Instant,
-    labels: Vec<Label>,
+    target: Arc<Target<ByOutcome<Histogram>>>,
     shared: Option<CallShared>,
     error_type: ErrorTypeFn,
 }
@@ -201,9 +207,13 @@ where
             if let Some(shared) = &state.shared {
                 shared.set_last(outcome);
             }
-            let mut labels = state.labels;
-            push_outcome(&mut labels, outcome);
-            histogram!(names::ATTEMPT_DURATION, labels).record(elapsed);
+            let target = &state.target;
+            target
+                .value
+                .get(outcome, &target.labels, |labels| {
+                    histogram!(names::ATTEMPT_DURATION, labels)
+                })
+                .record(elapsed);
         }
         Poll::Ready(res)
     }

@@ -5,8 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::sync::{Arc, OnceLock};
+
 use http::{Request, Response};
-use metrics::{Gauge, Label, counter, gauge, histogram};
+use metrics::{Gauge, Histogram, Label, counter, gauge, histogram};
 use parapet_core::{Attempt, BoxError};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -15,8 +17,8 @@ use tower_service::Service;
 
 use crate::common::{
     CallShared, ErrorTypeFn, Outcome, RetryRefusalFn, content_length, default_error_type,
-    push_outcome, request_labels,
 };
+use crate::handles::{ByOutcome, Registry, Target};
 use crate::names;
 
 /// Records the call-level metrics of the crate's table: the call's
@@ -48,6 +50,7 @@ use crate::names;
 pub struct MetricsLayer {
     error_type: ErrorTypeFn,
     retry_refusal: Option<RetryRefusalFn>,
+    targets: Registry<CallHandles>,
 }
 
 impl MetricsLayer {
@@ -57,6 +60,7 @@ impl MetricsLayer {
         Self {
             error_type: default_error_type,
             retry_refusal: None,
+            targets: Registry::new(),
         }
     }
 
@@ -146,15 +150,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let labels = request_labels(&req);
-        let active = Active::start(gauge!(names::ACTIVE_REQUESTS, labels.clone()));
+        let target = self.layer.targets.get(&req, |labels| CallHandles {
+            active: gauge!(names::ACTIVE_REQUESTS, labels.to_vec()),
+            attempts: histogram!(names::ATTEMPTS, labels.to_vec()),
+            ended: ByOutcome::new(),
+        });
+        let active = Active::start(target.value.active.clone());
         let shared = CallShared::default();
         req.extensions_mut().insert(shared.clone());
         let state = CallState {
             start: Instant::now(),
             request_size: content_length(req.headers()),
             head: req.method() == http::Method::HEAD,
-            labels,
+            target,
             shared,
             error_type: self.layer.error_type,
             retry_refusal: self.layer.retry_refusal,
@@ -165,6 +173,24 @@ where
             state: Some(state),
         }
     }
+}
+
+/// The handles of one method, host and port.
+#[derive(Debug)]
+pub(crate) struct CallHandles {
+    active: Gauge,
+    attempts: Histogram,
+    ended: ByOutcome<Ended>,
+}
+
+/// The handles of one method, host, port and outcome. The body sizes are
+/// registered only once a call has one to record.
+#[derive(Debug)]
+struct Ended {
+    labels: Vec<Label>,
+    duration: Histogram,
+    request_size: OnceLock<Histogram>,
+    response_size: OnceLock<Histogram>,
 }
 
 /// One request in flight: `http.client.active_requests` went up when it
@@ -192,7 +218,7 @@ struct CallState {
     start: Instant,
     request_size: Option<u64>,
     head: bool,
-    labels: Vec<Label>,
+    target: Arc<Target<CallHandles>>,
     shared: CallShared,
     error_type: ErrorTypeFn,
     retry_refusal: Option<RetryRefusalFn>,
@@ -230,8 +256,7 @@ where
 #[allow(clippy::cast_precision_loss)] // byte counts far below 2^53
 fn finish<RB>(state: CallState, res: &Result<Response<RB>, BoxError>) {
     let elapsed = state.start.elapsed().as_secs_f64();
-    let base = state.labels;
-    let mut labels = base.clone();
+    let target = &state.target;
     let mut response_size = None;
     let mut refusal = None;
     let attempts = match state.shared.attempts() {
@@ -241,30 +266,46 @@ fn finish<RB>(state: CallState, res: &Result<Response<RB>, BoxError>) {
             .map(|r| Attempt::get(r.extensions()).map_or(1, Attempt::number)),
         n => Some(n),
     };
-    match res {
+    let outcome = match res {
         Ok(r) => {
-            push_outcome(&mut labels, Outcome::Status(r.status()));
             if !state.head {
                 response_size = content_length(r.headers());
             }
             refusal = state.retry_refusal.and_then(|f| f(r.extensions()));
+            Outcome::Status(r.status())
         }
-        Err(e) => push_outcome(&mut labels, Outcome::Error((state.error_type)(&**e))),
-    }
+        Err(e) => Outcome::Error((state.error_type)(&**e)),
+    };
+    let ended = target
+        .value
+        .ended
+        .get(outcome, &target.labels, |labels| Ended {
+            duration: histogram!(names::REQUEST_DURATION, labels.clone()),
+            labels,
+            request_size: OnceLock::new(),
+            response_size: OnceLock::new(),
+        });
     if let Some(n) = state.request_size {
-        histogram!(names::REQUEST_BODY_SIZE, labels.clone()).record(n as f64);
+        ended
+            .request_size
+            .get_or_init(|| histogram!(names::REQUEST_BODY_SIZE, ended.labels.clone()))
+            .record(n as f64);
     }
     if let Some(n) = response_size {
-        histogram!(names::RESPONSE_BODY_SIZE, labels.clone()).record(n as f64);
+        ended
+            .response_size
+            .get_or_init(|| histogram!(names::RESPONSE_BODY_SIZE, ended.labels.clone()))
+            .record(n as f64);
     }
-    histogram!(names::REQUEST_DURATION, labels).record(elapsed);
+    ended.duration.record(elapsed);
     if let Some(n) = attempts {
-        histogram!(names::ATTEMPTS, base.clone()).record(f64::from(n));
+        target.value.attempts.record(f64::from(n));
     }
     if let Some(reason) = refusal {
-        let mut labels = base;
+        let mut labels = target.labels.clone();
         labels.push(Label::from_static_parts("reason", reason));
         counter!(names::RETRIES_REFUSED, labels).increment(1);
     }
-    // `state._active` drops here: the call is no longer in flight.
+    // The gauge goes down: the call is no longer in flight.
+    drop(state);
 }

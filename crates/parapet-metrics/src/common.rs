@@ -157,23 +157,36 @@ pub(crate) fn status_value(status: StatusCode) -> SharedString {
 /// The attributes every metric of a request carries:
 /// `http.request.method`, `server.address` and `server.port` (each only
 /// when known).
+#[cfg(test)]
 pub(crate) fn request_labels<B>(req: &Request<B>) -> Vec<Label> {
+    let (method, host, port) = request_target(req);
+    labels_of(method, host, port)
+}
+
+/// What a request's labels are made of: its method's name, its host and
+/// its port.
+pub(crate) fn request_target<B>(req: &Request<B>) -> (&'static str, Option<&str>, Option<u16>) {
+    (
+        method_name(req.method()),
+        server_address(req),
+        server_port(req),
+    )
+}
+
+/// The labels of a method, host and port.
+pub(crate) fn labels_of(method: &'static str, host: Option<&str>, port: Option<u16>) -> Vec<Label> {
     // Room for the two a response adds (status and error type).
     let mut labels = Vec::with_capacity(5);
-    labels.push(Label::from_static_parts(
-        "http.request.method",
-        method_name(req.method()),
-    ));
-    if let Some(host) = server_address(req) {
+    labels.push(Label::from_static_parts("http.request.method", method));
+    if let Some(host) = host {
         labels.push(Label::new("server.address", host.to_owned()));
     }
-    if let Some(port) = server_port(req) {
+    if let Some(port) = port {
         labels.push(Label::new("server.port", port_value(port)));
     }
     labels
 }
 
-/// The `Content-Length`, when there is a valid one.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

@@ -91,17 +91,22 @@
 //!
 //! # Cost
 //!
-//! Per call, the call layer builds its attributes (the host is copied
-//! into a `String`), allocates the shared record for its attempts, and
-//! hands the recorder one gauge and two to five histograms or counters;
-//! the attempt layer builds its attributes and one histogram per attempt.
-//! The facade builds none of this unless asked
-//! (`ClientBuilder::metrics`, cargo feature `metrics`). `examples/cost.rs`
-//! measures it.
+//! Each layer registers its handles once per method, host and port (and
+//! then per outcome) at the first call that needs them, and afterwards
+//! looks them up by a hash: a call costs a map lookup, the shared record
+//! of its attempts, and the records themselves. The map is bounded (1 024
+//! label sets per layer; past that a new host's calls register their
+//! metrics call by call). A handle is bound to the recorder installed when
+//! it was registered: install the recorder before the first call.
+//!
+//! The facade builds none of this unless asked (`ClientBuilder::metrics`,
+//! cargo feature `metrics`). BENCHMARKS.md ("Metrics") has the figures
+//! per call; `examples/cost.rs` measures the two layers alone.
 
 mod attempt;
 mod call;
 mod common;
+mod handles;
 
 pub use attempt::{AttemptMetrics, AttemptMetricsFuture, AttemptMetricsLayer};
 pub use call::{Metrics, MetricsFuture, MetricsLayer};
