@@ -51,6 +51,7 @@ mod hash;
 mod httpdate;
 mod idempotency;
 mod never_sent;
+pub mod otel;
 mod random;
 mod replay;
 mod retry_after;

@@ -2,12 +2,11 @@
 //! the per-call record the attempts write into.
 
 use std::error::Error;
-use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, Request, StatusCode};
 use metrics::{Label, SharedString};
 
 /// Turns an error into the low-cardinality `error.type` attribute.
@@ -52,73 +51,19 @@ pub type RetryRefusalFn = fn(&http::Extensions) -> Option<&'static str>;
 /// ```
 #[must_use]
 pub fn default_error_type(err: &(dyn Error + 'static)) -> &'static str {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return match io.kind() {
-                io::ErrorKind::TimedOut => "timeout",
-                io::ErrorKind::ConnectionRefused => "connection_refused",
-                io::ErrorKind::ConnectionReset => "connection_reset",
-                io::ErrorKind::ConnectionAborted => "connection_aborted",
-                io::ErrorKind::BrokenPipe => "broken_pipe",
-                io::ErrorKind::UnexpectedEof => "unexpected_eof",
-                _ => "io",
-            };
-        }
-        if e.is::<tokio::time::error::Elapsed>() {
-            return "timeout";
-        }
-        next = e.source();
-    }
-    "_OTHER"
+    parapet_core::otel::io_error_type(err)
 }
 
 /// `http.request.method`: the method when it is a known one, `_OTHER`
 /// otherwise (an unknown method is unbounded cardinality).
-pub(crate) fn method_name(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
-    }
-}
-
-/// `server.address`: the URI's host, or the `Host` header's (without its
-/// port). Never a path or a query.
-fn server_address<B>(req: &Request<B>) -> Option<&str> {
-    if let Some(host) = req.uri().host() {
-        return Some(host);
-    }
-    let host = req.headers().get(HOST)?.to_str().ok()?;
-    let authority = host.parse::<http::uri::Authority>().ok()?;
-    host.get(..authority.host().len())
-}
-
-/// `server.port`: the URI's port, else the scheme's default.
-fn server_port<B>(req: &Request<B>) -> Option<u16> {
-    let uri = req.uri();
-    uri.port_u16().or_else(|| match uri.scheme_str() {
-        Some("https" | "wss") => Some(443),
-        Some("http" | "ws") => Some(80),
-        _ => None,
-    })
-}
+pub(crate) use parapet_core::otel::method_name;
 
 /// A port as an attribute value; the usual ones without an allocation.
 fn port_value(port: u16) -> SharedString {
-    match port {
-        80 => SharedString::const_str("80"),
-        443 => SharedString::const_str("443"),
-        8080 => SharedString::const_str("8080"),
-        _ => SharedString::from(port.to_string()),
-    }
+    parapet_core::otel::static_port(port).map_or_else(
+        || SharedString::from(port.to_string()),
+        SharedString::const_str,
+    )
 }
 
 /// A status code as an attribute value; the usual ones without an
@@ -168,8 +113,8 @@ pub(crate) fn request_labels<B>(req: &Request<B>) -> Vec<Label> {
 pub(crate) fn request_target<B>(req: &Request<B>) -> (&'static str, Option<&str>, Option<u16>) {
     (
         method_name(req.method()),
-        server_address(req),
-        server_port(req),
+        parapet_core::otel::server_address(req),
+        parapet_core::otel::server_port(req.uri()),
     )
 }
 

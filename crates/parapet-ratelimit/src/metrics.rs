@@ -28,12 +28,10 @@ fn server_labels(to: AuthorityRef<'_>, extra: usize) -> Vec<Label> {
 
 /// A port as a label value; the usual ones without an allocation.
 fn port_value(port: u16) -> SharedString {
-    match port {
-        80 => SharedString::const_str("80"),
-        443 => SharedString::const_str("443"),
-        8080 => SharedString::const_str("8080"),
-        _ => SharedString::from(port.to_string()),
-    }
+    parapet_core::otel::static_port(port).map_or_else(
+        || SharedString::from(port.to_string()),
+        SharedString::const_str,
+    )
 }
 
 /// The `source` of a gate closure: `retry_after` for `Retry-After`,

@@ -43,23 +43,17 @@ fn push_server(labels: &mut Vec<Label>, uri: &Uri) {
     if let Some(host) = uri.host() {
         labels.push(Label::new("server.address", host.to_owned()));
     }
-    let port = uri.port_u16().or_else(|| match uri.scheme_str() {
-        Some("https" | "wss") => Some(443),
-        Some("http" | "ws") => Some(80),
-        _ => None,
-    });
-    if let Some(port) = port {
+    if let Some(port) = parapet_core::otel::server_port(uri) {
         labels.push(Label::new("server.port", port_value(port)));
     }
 }
 
 /// A port as a label value; the usual ones without an allocation.
 fn port_value(port: u16) -> SharedString {
-    match port {
-        80 => SharedString::const_str("80"),
-        443 => SharedString::const_str("443"),
-        _ => SharedString::from(port.to_string()),
-    }
+    parapet_core::otel::static_port(port).map_or_else(
+        || SharedString::from(port.to_string()),
+        SharedString::const_str,
+    )
 }
 
 #[cfg(test)]

@@ -2,11 +2,10 @@
 //! classified, and what the call span learns from its attempts.
 
 use std::error::Error;
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use http::{Method, Request, Uri, header::HOST};
+use http::{Method, Request};
 
 /// Turns an error into the low-cardinality `error.type` of a span.
 ///
@@ -43,68 +42,16 @@ pub type ErrorTypeFn = fn(&(dyn Error + 'static)) -> &'static str;
 /// ```
 #[must_use]
 pub fn default_error_type(err: &(dyn Error + 'static)) -> &'static str {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return match io.kind() {
-                io::ErrorKind::TimedOut => "timeout",
-                io::ErrorKind::ConnectionRefused => "connection_refused",
-                io::ErrorKind::ConnectionReset => "connection_reset",
-                io::ErrorKind::ConnectionAborted => "connection_aborted",
-                io::ErrorKind::BrokenPipe => "broken_pipe",
-                io::ErrorKind::UnexpectedEof => "unexpected_eof",
-                _ => "io",
-            };
-        }
-        if e.is::<tokio::time::error::Elapsed>() {
-            return "timeout";
-        }
-        next = e.source();
-    }
-    "_OTHER"
+    parapet_core::otel::io_error_type(err)
 }
 
 /// `http.request.method`: the method when it is a known one, `_OTHER`
 /// otherwise (the original then goes in `http.request.method_original`).
-pub(crate) fn method_name(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
-    }
-}
+pub(crate) use parapet_core::otel::{method_name, server_address, server_port};
 
 /// The original method, only when it is not a known one.
 pub(crate) fn method_original(method: &Method) -> Option<&str> {
     (method_name(method) == "_OTHER").then(|| method.as_str())
-}
-
-/// `server.address`: the URI's host, or the `Host` header's.
-pub(crate) fn server_address<B>(req: &Request<B>) -> Option<&str> {
-    if let Some(host) = req.uri().host() {
-        return Some(host);
-    }
-    let host = req.headers().get(HOST)?.to_str().ok()?;
-    let authority = host.parse::<http::uri::Authority>().ok()?;
-    // Borrow from the header rather than the parsed copy. An IPv6 host
-    // keeps its brackets, as `Uri::host` does.
-    host.get(..authority.host().len())
-}
-
-/// `server.port`: the URI's port, else the scheme's default.
-pub(crate) fn server_port(uri: &Uri) -> Option<u16> {
-    uri.port_u16().or_else(|| match uri.scheme_str() {
-        Some("https" | "wss") => Some(443),
-        Some("http" | "ws") => Some(80),
-        _ => None,
-    })
 }
 
 /// What the call span learns from the attempt layer below it.
@@ -220,6 +167,8 @@ pub(crate) use client_span;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Uri;
+    use std::io;
 
     #[test]
     fn error_types_follow_the_source_chain() {
