@@ -47,6 +47,7 @@
 
 pub mod clock;
 mod extensions;
+mod fail_fast;
 mod hash;
 mod httpdate;
 mod idempotency;
@@ -60,6 +61,7 @@ mod server_limit;
 mod sf;
 
 pub use extensions::{Attempt, Deadline, DeadlineScope, far_future};
+pub use fail_fast::{FailFast, is_fail_fast};
 pub use hash::{HostHashBuilder, HostHasher};
 pub use httpdate::{fmt_http_date, parse_http_date};
 pub use idempotency::{

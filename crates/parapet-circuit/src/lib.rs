@@ -1,0 +1,1 @@
+//! A per-authority circuit breaker (work in progress).
