@@ -17,7 +17,7 @@ use http::{
 use http_body::Body;
 use parapet_core::{
     Attempt, BoxError, Deadline, IDEMPOTENCY_KEY, Idempotency, ReplayBody, ReplayError, far_future,
-    is_idempotent_method, retry_after,
+    is_fail_fast, is_idempotent_method, retry_after,
 };
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -516,6 +516,12 @@ impl<S> Call<S> {
             Ok(res) => (Some(res.status()), Some(res.headers()), None),
             Err(e) => (None, None, Some(&**e as &(dyn Error + 'static))),
         };
+        // A layer below refused the request on purpose (an open circuit):
+        // sending it again now would be refused the same way. Returned at
+        // once, whatever a classifier would say.
+        if error.is_some_and(is_fail_fast) {
+            return Err(None);
+        }
         // NOTE: `boxed` always sets the URI.
         let Some(uri) = &rs.uri else {
             return Err(None);
@@ -1193,6 +1199,39 @@ mod tests {
         let err = send(plain(), &stub, get()).await.unwrap_err();
         assert!(err.downcast_ref::<io::Error>().is_some());
         assert_eq!(stub.seen().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_local_refusal_is_not_retried() {
+        #[derive(Debug)]
+        struct CircuitOpen(parapet_core::FailFast);
+        impl fmt::Display for CircuitOpen {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("circuit open")
+            }
+        }
+        impl Error for CircuitOpen {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let inner = tower::service_fn(move |_: Request<ReplayBody>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err::<Response<String>, BoxError>(Box::new(CircuitOpen(
+                    parapet_core::FailFast::default(),
+                )))
+            }
+        });
+        // Even a classifier that asks for a retry of every error does not
+        // get one.
+        let policy = plain().classify(|_| Verdict::Retry).build().unwrap();
+        let err = Retry::new(inner, policy).oneshot(get()).await.unwrap_err();
+        assert!(err.downcast_ref::<CircuitOpen>().is_some(), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,6 +44,13 @@
 //!   Linux also reports after the request was written) is retried for any
 //!   method. Attempt timeouts and transport errors after the request may
 //!   have been written are retried for idempotent requests only.
+//! - **What is never retried**: an error that refused the request locally
+//!   on purpose, before it left: one with a
+//!   [`FailFast`](parapet_core::FailFast) in its `source()` chain
+//!   ([`is_fail_fast`](parapet_core::is_fail_fast)), such as an open
+//!   circuit breaker below this layer. Sending it again now would be
+//!   refused the same way, so it is returned at once, whatever the
+//!   classifier says, and spends no attempt, wait or budget.
 //! - **What counts as transient**: by default the statuses 408, 429, 500,
 //!   502, 503, 504 and every error from the inner service; configurable by
 //!   a status list ([`RetryPolicyBuilder::retry_on`]) and a classifier
