@@ -162,6 +162,14 @@ impl Default for RetryBudget {
     }
 }
 
+/// What bounds retries, shared by a layer's services (and its hedges): a
+/// budget or a quota.
+#[derive(Debug)]
+pub(crate) enum Limits {
+    Budget(Budgets),
+    Quota(crate::quota::Quotas),
+}
+
 /// The shared state of a budget: one entry per host.
 ///
 /// Counting a call (every call, [`deposit`](Self::deposit)) bumps one
@@ -202,8 +210,10 @@ pub(crate) struct Budgets {
 #[derive(Clone, Default)]
 pub(crate) struct LastHost {
     entry: Option<Arc<Host>>,
+    /// The same for a [`RetryQuota`](crate::RetryQuota)'s bucket.
+    pub(crate) quota: Option<Arc<crate::quota::Bucket>>,
     /// The hash of the host looked up last, when no entry is kept for it.
-    looked_up: u64,
+    pub(crate) looked_up: u64,
 }
 
 impl std::fmt::Debug for LastHost {

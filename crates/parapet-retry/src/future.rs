@@ -24,10 +24,12 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower_service::Service;
 
 use crate::body::RetryBody;
+use crate::budget::Limits;
 use crate::layer::Shared;
 use crate::never_sent::request_never_sent;
 use crate::not_retried::{NotRetried, NotRetriedReason};
 use crate::policy::{Outcome, Verdict};
+use crate::quota::Bucket;
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry): the attempt in
@@ -144,6 +146,10 @@ pub(crate) struct RetryState {
     /// outside that scope.
     scope: Option<Deadline>,
     previous_delay: Duration,
+    /// The host's bucket, when the policy has a quota.
+    quota: Option<Arc<Bucket>>,
+    /// What the last retry took from the quota: given back if it succeeds.
+    last_cost: u32,
 }
 
 impl RetryState {
@@ -157,6 +163,7 @@ impl RetryState {
         head: &Request<ReplayBody>,
         started: Option<Instant>,
         max: u32,
+        quota: Option<Arc<Bucket>>,
     ) -> Box<Self> {
         // Made of constants first, so that it is written in the box itself,
         // then filled in place: a state built on the stack and moved into
@@ -176,6 +183,8 @@ impl RetryState {
             started,
             scope: None,
             previous_delay: Duration::ZERO,
+            quota,
+            last_cost: 0,
         });
         state.method = head.method().clone();
         state.uri = Some(head.uri().clone());
@@ -301,6 +310,9 @@ where
                         Err(why) => {
                             let mut res = result?;
                             let status = res.status();
+                            if why.is_none() {
+                                call.succeeded(status);
+                            }
                             let call = match why {
                                 Some(why) => {
                                     res.extensions_mut().insert(why);
@@ -550,6 +562,27 @@ impl<S> Call<S> {
         self.weigh(reason, status, headers, error)
     }
 
+    /// Counts a final answer that is not a retryable failure: with a quota,
+    /// a status below 400 puts tokens back in the host's bucket (the
+    /// increment after a first attempt, else what the retry that succeeded
+    /// cost). One branch when there is no quota.
+    #[inline]
+    fn succeeded(&self, status: StatusCode) {
+        if let Some(Limits::Quota(quotas)) = &self.shared.limits {
+            if let Some(rs) = &self.retry {
+                if let (Some(bucket), true) = (&rs.quota, status.as_u16() < 400) {
+                    let config = quotas.config();
+                    let tokens = if rs.attempt == 1 {
+                        config.get_success_increment()
+                    } else {
+                        rs.last_cost
+                    };
+                    bucket.give(tokens, config.get_capacity());
+                }
+            }
+        }
+    }
+
     /// The call, if a response's body that breaks could be retried: the
     /// request may be sent again (its method or override says so; the
     /// body's replay is checked when it breaks), attempts remain. Cheap:
@@ -723,11 +756,20 @@ impl<S> Call<S> {
             tracing::debug!(%method, host, attempt, %reason, error = error.map(tracing::field::display), delay_ms = millis(delay), "not retrying: the wait would end after the deadline");
             return stop(NotRetriedReason::WaitPastDeadline);
         }
-        if let Some(budgets) = &self.shared.budgets {
-            if !budgets.withdraw(host, now) {
+        match &self.shared.limits {
+            Some(Limits::Budget(budgets)) if !budgets.withdraw(host, now) => {
                 tracing::info!(%method, host, attempt, %reason, error = error.map(tracing::field::display), "not retrying: retry budget exhausted");
                 return stop(NotRetriedReason::BudgetExhausted);
             }
+            Some(Limits::Quota(quotas)) => {
+                let cost = quotas.cost(error);
+                if !quotas.withdraw(rs.quota.as_ref(), host, cost, now) {
+                    tracing::info!(%method, host, attempt, %reason, error = error.map(tracing::field::display), cost, "not retrying: retry quota exhausted");
+                    return stop(NotRetriedReason::QuotaExhausted);
+                }
+                rs.last_cost = cost;
+            }
+            Some(Limits::Budget(_)) | None => {}
         }
 
         rs.attempt += 1;
@@ -781,7 +823,7 @@ mod tests {
     use super::*;
     use crate::{
         BackoffJitter, BodyRestart, BodyRestartFailed, Retry, RetryBudget, RetryLayer, RetryPolicy,
-        RetryPolicyBuilder,
+        RetryPolicyBuilder, RetryQuota,
     };
 
     const MS: Duration = Duration::from_millis(1);
@@ -1633,6 +1675,94 @@ mod tests {
             .unwrap();
         svc.clone().oneshot(other).await.unwrap();
         assert_eq!(stub.seen().len(), 5);
+    }
+
+    fn on(host: &str) -> Request<ReplayBody> {
+        Request::get(format!("http://{host}/items"))
+            .body(ReplayBody::empty())
+            .unwrap()
+    }
+
+    fn timed_out() -> BoxError {
+        Box::new(io::Error::from(io::ErrorKind::TimedOut))
+    }
+
+    fn with_quota(quota: RetryQuota) -> RetryPolicy {
+        plain().retry_quota(quota).build().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_drains_by_5_per_retry_and_10_per_retry_after_a_timeout() {
+        let stub = Stub::statuses(&[503]);
+        let svc = Retry::new(stub.clone(), with_quota(RetryQuota::aws_standard()));
+        let res = svc.clone().oneshot(on("a.test")).await.unwrap();
+        assert_eq!(
+            why(&res).map(|w| w.0),
+            Some(NotRetriedReason::NoAttemptsLeft)
+        );
+        assert_eq!(stub.seen().len(), 3);
+        assert_eq!(svc.quota_tokens("a.test"), Some(490));
+
+        let stub = Stub::new(|_| Err(timed_out()));
+        let svc = Retry::new(stub.clone(), with_quota(RetryQuota::aws_standard()));
+        svc.clone().oneshot(on("a.test")).await.unwrap_err();
+        assert_eq!(stub.seen().len(), 3);
+        assert_eq!(svc.quota_tokens("a.test"), Some(480));
+        // Any other error costs the plain 5.
+        let stub = Stub::new(|_| Err(reset()));
+        let svc = Retry::new(stub.clone(), with_quota(RetryQuota::aws_standard()));
+        svc.clone().oneshot(on("a.test")).await.unwrap_err();
+        assert_eq!(svc.quota_tokens("a.test"), Some(490));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_quota_refuses_the_retry_and_hosts_are_independent() {
+        let stub = Stub::statuses(&[503]);
+        let svc = Retry::new(stub.clone(), with_quota(RetryQuota::new().capacity(12)));
+        svc.clone().oneshot(on("a.test")).await.unwrap();
+        assert_eq!(stub.seen().len(), 3);
+        assert_eq!(svc.quota_tokens("a.test"), Some(2));
+        // 2 tokens left, a retry costs 5: the 503 comes back at once.
+        let res = svc.clone().oneshot(on("a.test")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(why(&res), Some((NotRetriedReason::QuotaExhausted, 1, None)));
+        assert_eq!(stub.seen().len(), 4);
+        assert_eq!(svc.quota_tokens("a.test"), Some(2));
+        // Another host has a bucket of its own, full.
+        svc.clone().oneshot(on("b.test")).await.unwrap();
+        assert_eq!(stub.seen().len(), 7);
+        assert_eq!(svc.quota_tokens("b.test"), Some(2));
+        // An error is returned as it is when the quota is short.
+        let stub = Stub::new(|_| Err(timed_out()));
+        let svc = Retry::new(stub.clone(), with_quota(RetryQuota::new().capacity(15)));
+        svc.clone().oneshot(on("a.test")).await.unwrap_err();
+        assert_eq!(stub.seen().len(), 2, "one timeout retry, then 5 < 10");
+        assert_eq!(svc.quota_tokens("a.test"), Some(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_refills_by_one_per_first_try_success_and_refunds_a_retry_that_succeeds() {
+        let stub = Stub::statuses(&[503, 503, 503, 503, 200, 200, 404, 200]);
+        let svc = Retry::new(stub.clone(), with_quota(RetryQuota::new().capacity(20)));
+        svc.clone().oneshot(on("a.test")).await.unwrap();
+        assert_eq!(svc.quota_tokens("a.test"), Some(10), "two retries");
+        // 503 then 200: the retry's 5 taken, then given back.
+        let res = svc.clone().oneshot(on("a.test")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(stub.seen().len(), 5);
+        assert_eq!(svc.quota_tokens("a.test"), Some(10));
+        // A first-try success: one back.
+        svc.clone().oneshot(on("a.test")).await.unwrap();
+        assert_eq!(svc.quota_tokens("a.test"), Some(11));
+        // A 404 is not a success: nothing back.
+        let res = svc.clone().oneshot(on("a.test")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(svc.quota_tokens("a.test"), Some(11));
+        // Never above the capacity.
+        for _ in 0..20 {
+            svc.clone().oneshot(on("a.test")).await.unwrap();
+        }
+        assert_eq!(svc.quota_tokens("a.test"), Some(20));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,21 +4,26 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::budget::Budgets;
+use crate::budget::{Budgets, Limits};
 use crate::policy::RetryPolicy;
+use crate::quota::Quotas;
 use crate::service::Retry;
 
 /// State shared by a layer, its services and all their clones.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) policy: RetryPolicy,
-    pub(crate) budgets: Option<Budgets>,
+    pub(crate) limits: Option<Limits>,
 }
 
 impl Shared {
     pub(crate) fn new(policy: RetryPolicy) -> Arc<Self> {
         Arc::new(Self {
-            budgets: policy.budget.map(Budgets::new),
+            limits: match (policy.budget, policy.quota) {
+                (_, Some(quota)) => Some(Limits::Quota(Quotas::new(quota))),
+                (Some(budget), None) => Some(Limits::Budget(Budgets::new(budget))),
+                (None, None) => None,
+            },
             policy,
         })
     }

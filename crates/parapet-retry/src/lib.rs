@@ -78,7 +78,15 @@
 //!   then carries none).
 //! - **How much in all**: a [`RetryBudget`] per host, shared by every
 //!   clone: retries add at most 20 % to the calls made, with a floor of 10
-//!   retries per second for quiet clients.
+//!   retries per second for quiet clients. Or, in its place
+//!   ([`RetryPolicyBuilder::retry_quota`]), a [`RetryQuota`]: the AWS
+//!   SDKs' token bucket per host (500 tokens; a retry costs 5, one after a
+//!   timeout 10; a call that succeeds at once earns 1 back, one that
+//!   succeeds after retries the cost of its last retry). The budget bounds
+//!   the share of retries over a sliding window, whatever came before; the
+//!   quota remembers: a long outage spends it, and only successes refill
+//!   it. Pick the budget for a steady share, the quota to behave as the
+//!   AWS SDKs do.
 //! - **Bodies**: the request body is wrapped in a
 //!   [`ReplayBody`](parapet_core::ReplayBody) capped at 64 KiB (a
 //!   `ReplayBody` an outer layer armed is reused). A body that cannot be
@@ -148,6 +156,7 @@
 //! | `not retrying: the wait would end after the deadline` | DEBUG | `delay_ms` |
 //! | `not retrying: the request body cannot be replayed` | INFO | `error` is why the body cannot be replayed |
 //! | `not retrying: retry budget exhausted` | INFO | |
+//! | `not retrying: retry quota exhausted` | INFO | `cost`, the tokens the retry would have taken |
 //!
 //! No event is at `WARN` or `ERROR`: a retried 503 is the layer working.
 //!
@@ -193,6 +202,12 @@
 //! So a GET with up to four headers, no extensions and an empty body costs
 //! one allocation, below parapet-timeout's `DeadlineLayer` too (it puts the
 //! deadline in scope, not in the extensions).
+//!
+//! With a [`RetryQuota`] in place of the budget, a call finds its host's
+//! bucket the same way (and holds a reference to it, one atomic add), and
+//! its success puts tokens back with one atomic operation on the bucket (a
+//! read alone when the bucket is full); a retry takes its tokens with a
+//! compare-and-swap. No lock either way once the host is known.
 //!
 //! The budget counts the call with one atomic add on the host's counter.
 //! A service remembers its host's entry once two calls in a row went to
@@ -278,6 +293,7 @@ mod metrics;
 mod never_sent;
 mod not_retried;
 mod policy;
+mod quota;
 mod service;
 
 pub use backoff::BackoffJitter;
@@ -292,6 +308,7 @@ pub use parapet_core::request_never_sent;
 pub use policy::{
     DEFAULT_RETRY_STATUSES, InvalidRetryPolicy, Outcome, RetryPolicy, RetryPolicyBuilder, Verdict,
 };
+pub use quota::RetryQuota;
 pub use service::Retry;
 
 /// The names of the metrics this crate records with the feature `metrics`

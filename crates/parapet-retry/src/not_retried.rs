@@ -71,6 +71,9 @@ pub enum NotRetriedReason {
     WaitPastDeadline,
     /// The host's retry budget is spent.
     BudgetExhausted,
+    /// The host's [retry quota](crate::RetryQuota) holds fewer tokens than
+    /// the retry costs.
+    QuotaExhausted,
 }
 
 impl NotRetried {

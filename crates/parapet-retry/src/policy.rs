@@ -10,6 +10,7 @@ use parapet_core::{DEFAULT_REPLAY_CAP, IdempotencyRules, Jitter};
 
 use crate::backoff::{Backoff, BackoffJitter};
 use crate::budget::RetryBudget;
+use crate::quota::RetryQuota;
 
 /// One attempt's result as a [classifier](RetryPolicyBuilder::classify)
 /// sees it: the request's method and URI, and either the response's status
@@ -174,6 +175,7 @@ pub struct RetryPolicy {
     pub(crate) retry_after_jitter: f64,
     pub(crate) idempotency: IdempotencyRules,
     pub(crate) budget: Option<RetryBudget>,
+    pub(crate) quota: Option<RetryQuota>,
     pub(crate) replay_cap: usize,
     pub(crate) drain_max_bytes: usize,
     pub(crate) drain_max_time: Duration,
@@ -205,6 +207,7 @@ impl RetryPolicy {
                 retry_after_jitter: 0.1,
                 idempotency: IdempotencyRules::new(),
                 budget: Some(RetryBudget::new()),
+                quota: None,
                 replay_cap: DEFAULT_REPLAY_CAP,
                 drain_max_bytes: 4 * 1024,
                 drain_max_time: Duration::from_millis(100),
@@ -250,10 +253,16 @@ impl RetryPolicy {
         self.idempotency
     }
 
-    /// The retry budget, if any.
+    /// The retry budget, if any (none when a quota replaces it).
     #[must_use]
     pub fn budget(&self) -> Option<RetryBudget> {
         self.budget
+    }
+
+    /// The retry quota, if one replaces the budget.
+    #[must_use]
+    pub fn retry_quota(&self) -> Option<RetryQuota> {
+        self.quota
     }
 
     /// The most bytes of a streamed request body kept for a replay.
@@ -304,6 +313,7 @@ impl fmt::Debug for RetryPolicy {
             .field("retry_after_jitter", &self.retry_after_jitter)
             .field("idempotency", &self.idempotency)
             .field("budget", &self.budget)
+            .field("quota", &self.quota)
             .field("replay_cap", &self.replay_cap)
             .field("drain_max_bytes", &self.drain_max_bytes)
             .field("drain_max_time", &self.drain_max_time)
@@ -431,11 +441,37 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// The retry budget, or `None` for no budget. Default:
-    /// [`RetryBudget::new`] (20 %, 10 retries per second, 10 s window).
+    /// The retry budget, or `None` for no budget; either way it replaces a
+    /// [quota](Self::retry_quota) set before. Default: [`RetryBudget::new`]
+    /// (20 %, 10 retries per second, 10 s window).
     #[must_use]
     pub fn budget(mut self, budget: impl Into<Option<RetryBudget>>) -> Self {
         self.policy.budget = budget.into();
+        self.policy.quota = None;
+        self
+    }
+
+    /// A [retry quota](RetryQuota) (the AWS SDKs' token bucket) in place of
+    /// the budget: setting it clears the budget, and setting a budget
+    /// clears it. Default: none (the [`RetryBudget`]).
+    ///
+    /// ```
+    /// use parapet_retry::{RetryBudget, RetryPolicy, RetryQuota};
+    ///
+    /// let quota = RetryPolicy::builder().retry_quota(RetryQuota::aws_standard()).build().unwrap();
+    /// assert_eq!((quota.budget(), quota.retry_quota()), (None, Some(RetryQuota::aws_standard())));
+    ///
+    /// let budget = RetryPolicy::builder()
+    ///     .retry_quota(RetryQuota::aws_standard())
+    ///     .budget(RetryBudget::new())
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!((budget.budget(), budget.retry_quota()), (Some(RetryBudget::new()), None));
+    /// ```
+    #[must_use]
+    pub fn retry_quota(mut self, quota: RetryQuota) -> Self {
+        self.policy.quota = Some(quota);
+        self.policy.budget = None;
         self
     }
 
@@ -494,8 +530,8 @@ impl RetryPolicyBuilder {
     ///
     /// [`InvalidRetryPolicy`] when the attempts are 0, the factor is below 1
     /// or not finite, the base or the floor exceeds the cap, the
-    /// `Retry-After` spread is outside `[0, 1]`, or the budget is invalid
-    /// (see [`RetryBudget`]).
+    /// `Retry-After` spread is outside `[0, 1]`, or the budget or the quota
+    /// is invalid (see [`RetryBudget`] and [`RetryQuota`]).
     pub fn build(self) -> Result<RetryPolicy, InvalidRetryPolicy> {
         let p = &self.policy;
         let b = &p.backoff;
@@ -517,6 +553,11 @@ impl RetryPolicyBuilder {
         }
         if let Some(budget) = &p.budget {
             if let Err(reason) = budget.validate() {
+                return fail(reason);
+            }
+        }
+        if let Some(quota) = &p.quota {
+            if let Err(reason) = quota.validate() {
                 return fail(reason);
             }
         }
@@ -568,6 +609,7 @@ mod tests {
         assert_eq!(p.max_retry_after(), Duration::from_secs(60));
         assert_eq!(p.replay_cap(), 64 * 1024);
         assert_eq!(p.budget(), Some(RetryBudget::new()));
+        assert_eq!(p.retry_quota(), None);
         assert!(!p.idempotency().trusts_idempotency_key());
         assert_eq!(
             format!("{:?}", p.statuses),

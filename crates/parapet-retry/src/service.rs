@@ -9,7 +9,7 @@ use parapet_core::{Attempt, BoxError, ReplayBody, clock};
 use tower_service::Service;
 
 use crate::body::RetryBody;
-use crate::budget::LastHost;
+use crate::budget::{LastHost, Limits};
 use crate::future::{Call, ResponseFuture, RetryState, host_of};
 use crate::layer::{RetryLayer, Shared};
 use crate::max_attempts::MaxAttempts;
@@ -57,6 +57,16 @@ impl<S> Retry<S> {
         &self.shared.policy
     }
 
+    /// The tokens in `host`'s quota bucket, if the policy has a quota and
+    /// the bucket exists.
+    #[cfg(test)]
+    pub(crate) fn quota_tokens(&self, host: &str) -> Option<u32> {
+        match &self.shared.limits {
+            Some(Limits::Quota(q)) => q.tokens(host),
+            _ => None,
+        }
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -102,13 +112,22 @@ where
             // the reading an outer layer holds for this call's set-up, if
             // any (the deadline layer's), or one clock read.
             let now =
-                (shared.budgets.is_some() || shared.policy.max_elapsed.is_some()).then(clock::now);
-            if let (Some(budgets), Some(now)) = (&shared.budgets, now) {
-                budgets.deposit(&mut self.last_host, host_of(req.uri()), now);
-            }
+                (shared.limits.is_some() || shared.policy.max_elapsed.is_some()).then(clock::now);
+            let bucket = match (&shared.limits, now) {
+                (Some(Limits::Budget(budgets)), Some(now)) => {
+                    budgets.deposit(&mut self.last_host, host_of(req.uri()), now);
+                    None
+                }
+                // The call's bucket, found once: its success is counted
+                // there with no lookup.
+                (Some(Limits::Quota(quotas)), Some(now)) => {
+                    Some(quotas.bucket(&mut self.last_host, host_of(req.uri()), now))
+                }
+                _ => None,
+            };
             // NOTE: the one copy of the request head a call makes (the inner
             // service consumes the request; a retry sends a copy).
-            (Some(RetryState::boxed(&req, now, max)), now)
+            (Some(RetryState::boxed(&req, now, max, bucket)), now)
         } else {
             (None, None)
         };
