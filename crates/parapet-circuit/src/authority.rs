@@ -336,7 +336,10 @@ mod tests {
         map.insert(target("http://A.example:81/").key().to_key(), 1);
         let t = target("http://a.EXAMPLE:81/x");
         assert_eq!(map.get(&t.key() as &dyn Lookup), Some(&1));
-        assert_eq!(map.get(&target("http://a.example/").key() as &dyn Lookup), None);
+        assert_eq!(
+            map.get(&target("http://a.example/").key() as &dyn Lookup),
+            None
+        );
     }
 
     #[test]

@@ -199,7 +199,11 @@ mod tests {
         );
         assert!(probing.is_probing());
         assert_eq!(probing.retry_after(), Duration::ZERO);
-        let mark = probing.source().unwrap().downcast_ref::<FailFast>().unwrap();
+        let mark = probing
+            .source()
+            .unwrap()
+            .downcast_ref::<FailFast>()
+            .unwrap();
         assert_eq!(mark.retry_after(), None);
     }
 }

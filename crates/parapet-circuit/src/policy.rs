@@ -147,7 +147,8 @@ impl CircuitPolicy {
             mode,
             open_for: DEFAULT_OPEN_FOR,
             max_server_wait: DEFAULT_MAX_SERVER_WAIT,
-            max_authorities: NonZeroUsize::new(DEFAULT_MAX_AUTHORITIES).unwrap_or(NonZeroUsize::MIN),
+            max_authorities: NonZeroUsize::new(DEFAULT_MAX_AUTHORITIES)
+                .unwrap_or(NonZeroUsize::MIN),
             classifier: None,
         }
     }
@@ -372,7 +373,11 @@ mod tests {
                 format!("invalid circuit breaker policy: {reason}")
             );
         }
-        assert!(CircuitPolicy::failure_rate(100, minute, n(1)).validate().is_ok());
+        assert!(
+            CircuitPolicy::failure_rate(100, minute, n(1))
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]
@@ -383,10 +388,18 @@ mod tests {
             headers: &headers,
         };
         for code in [500, 502, 503, 504] {
-            assert_eq!(default_classifier(&status(code)), Verdict::Failure, "{code}");
+            assert_eq!(
+                default_classifier(&status(code)),
+                Verdict::Failure,
+                "{code}"
+            );
         }
         for code in [200, 204, 301, 400, 401, 404, 409, 429, 501, 505] {
-            assert_eq!(default_classifier(&status(code)), Verdict::Success, "{code}");
+            assert_eq!(
+                default_classifier(&status(code)),
+                Verdict::Success,
+                "{code}"
+            );
         }
         let io = std::io::Error::other("reset");
         assert_eq!(default_classifier(&Outcome::Error(&io)), Verdict::Failure);

@@ -88,9 +88,12 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let target = Target::of(&req);
         match self.shared.admit(&target) {
-            Ok(ticket) => {
-                ResponseFuture::called(self.inner.call(req), Arc::clone(&self.shared), target, ticket)
-            }
+            Ok(ticket) => ResponseFuture::called(
+                self.inner.call(req),
+                Arc::clone(&self.shared),
+                target,
+                ticket,
+            ),
             // NOTE: the inner service was driven ready and is not called;
             // the readiness is simply not used (the hyper-util client, and
             // every parapet layer, reserves nothing in `poll_ready`).
@@ -215,7 +218,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_n_consecutive_failures_and_fails_fast_until_it_reopens() {
         let arrivals = Arrivals::default();
-        let svc = CircuitBreaker::new(server(&arrivals, |_, _| status(500)), consecutive(3)).unwrap();
+        let svc =
+            CircuitBreaker::new(server(&arrivals, |_, _| status(500)), consecutive(3)).unwrap();
         let start = Instant::now();
 
         for _ in 0..3 {
@@ -236,7 +240,11 @@ mod tests {
         assert_eq!(open.retry_after(), Duration::from_secs(20));
         let mark = open.source().unwrap().downcast_ref::<FailFast>().unwrap();
         assert_eq!(mark.retry_after(), Some(Duration::from_secs(20)));
-        assert_eq!(hits(&arrivals), 3, "a refused call never reaches the server");
+        assert_eq!(
+            hits(&arrivals),
+            3,
+            "a refused call never reaches the server"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -578,13 +586,18 @@ mod tests {
     async fn authorities_are_independent() {
         let arrivals = Arrivals::default();
         let script = |req: &Request<()>, _: usize| {
-            let a = req.uri().host().is_some_and(|h| h.eq_ignore_ascii_case("a.example"));
+            let a = req
+                .uri()
+                .host()
+                .is_some_and(|h| h.eq_ignore_ascii_case("a.example"));
             status(if a { 500 } else { 200 })
         };
         let svc = CircuitBreaker::new(server(&arrivals, script), consecutive(2)).unwrap();
 
         status_of(&svc, A).await.unwrap();
-        status_of(&svc, "http://user:pw@A.EXAMPLE:80/other").await.unwrap();
+        status_of(&svc, "http://user:pw@A.EXAMPLE:80/other")
+            .await
+            .unwrap();
         for uri in [A, "HTTP://A.Example/x?y", "http://a.example:80/"] {
             let open = status_of(&svc, uri).await.unwrap_err();
             assert_eq!(open.authority(), "http://a.example:80");
@@ -637,7 +650,11 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(status_of(&svc, A).await.unwrap(), 500);
         }
-        assert_eq!(svc.tracked_authorities(), 0, "ignored outcomes leave no trace");
+        assert_eq!(
+            svc.tracked_authorities(),
+            0,
+            "ignored outcomes leave no trace"
+        );
         assert_eq!(status_of(&svc, A).await.unwrap(), 429);
         assert_eq!(status_of(&svc, A).await.unwrap(), 429);
         assert!(status_of(&svc, A).await.is_err());
@@ -655,7 +672,10 @@ mod tests {
         assert_eq!(hits(&arrivals), 1);
         let mut svc = one.clone();
         let refused = svc.ready().await.unwrap().call(get(A));
-        assert_eq!(format!("{refused:?}"), "ResponseFuture { state: \"refused\" }");
+        assert_eq!(
+            format!("{refused:?}"),
+            "ResponseFuture { state: \"refused\" }"
+        );
     }
 
     #[test]

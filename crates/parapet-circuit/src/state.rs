@@ -20,10 +20,16 @@ enum State {
     Closed,
     /// Refusing every call until `until`; the first call after it becomes
     /// the probe.
-    Open { until: Instant, by: OpenedBy },
+    Open {
+        until: Instant,
+        by: OpenedBy,
+    },
     /// The open time is over; `probe` is the ticket of the call in flight
     /// that will decide, if any (none: the next call probes).
-    HalfOpen { probe: Option<u64>, by: OpenedBy },
+    HalfOpen {
+        probe: Option<u64>,
+        by: OpenedBy,
+    },
 }
 
 /// Calls and failures that ended within one slice of a failure-rate window.
@@ -186,7 +192,12 @@ impl Shared {
         let by = match circuit.state {
             State::Closed => return Ok(None),
             State::Open { until, by } if now < until => {
-                return Err(CircuitOpen::open(Arc::clone(&circuit.label), until, now, by));
+                return Err(CircuitOpen::open(
+                    Arc::clone(&circuit.label),
+                    until,
+                    now,
+                    by,
+                ));
             }
             State::HalfOpen { probe: Some(_), by } => {
                 return Err(CircuitOpen::probing(Arc::clone(&circuit.label), now, by));
@@ -267,7 +278,9 @@ impl Shared {
             let counts = match (self.policy.mode, verdict) {
                 (_, Verdict::Ignore) | (Mode::Consecutive(_), Verdict::Success) => return None,
                 (Mode::Consecutive(_), Verdict::Failure) => Counts::Consecutive(0),
-                (Mode::Rate { .. }, _) => Counts::Window([Slice::default(); WINDOW_SLICES as usize]),
+                (Mode::Rate { .. }, _) => {
+                    Counts::Window([Slice::default(); WINDOW_SLICES as usize])
+                }
             };
             let circuit = self.insert(&mut table.map, &mut table.not_closed, key, counts, tick);
             return self.count(circuit, &mut table.not_closed, verdict, now);

@@ -3,7 +3,12 @@
 //! The only waits are the short open times the tests set (a second at most).
 
 // Test helpers outside #[test] functions may fail loudly too.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -156,7 +161,10 @@ async fn connection_resets_open_the_circuit_for_the_whole_authority_only() {
 
     // Another authority is served as usual.
     for _ in 0..3 {
-        assert_eq!(fetch(svc.clone(), &healthy.url("/fine")).await.unwrap(), 200);
+        assert_eq!(
+            fetch(svc.clone(), &healthy.url("/fine")).await.unwrap(),
+            200
+        );
     }
     assert_eq!(healthy.hits("/fine"), 3);
 }
