@@ -54,7 +54,7 @@ impl Shared {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl RetryLayer {

@@ -175,6 +175,16 @@
 //!     → attempt timeout → decompression → transport
 //! ```
 //!
+//! # Hedged requests
+//!
+//! The [`hedge`] module's [`HedgeLayer`] sends a second copy of a slow
+//! idempotent read (GET, HEAD, OPTIONS by default) once a delay has passed
+//! with no answer ([`HedgePolicy::fixed`], or the host's recent
+//! [`HedgePolicy::percentile`] of latency), and takes the first answer.
+//! It goes just below this layer, made by [`RetryLayer::hedge_layer`] so
+//! that hedges are spent from the same budget or quota as retries; see
+//! the module for what is hedged and why it goes there.
+//!
 //! # Cost per call
 //!
 //! The future is not boxed and holds the inner service (cloned once per
@@ -286,6 +296,7 @@ mod body;
 mod budget;
 mod error;
 mod future;
+pub mod hedge;
 mod layer;
 mod max_attempts;
 #[cfg(feature = "metrics")]
@@ -301,6 +312,7 @@ pub use body::RetryBody;
 pub use budget::RetryBudget;
 pub use error::{BodyRestart, BodyRestartFailed};
 pub use future::ResponseFuture;
+pub use hedge::{Hedge, HedgeCopy, HedgeLayer, HedgePolicy};
 pub use layer::RetryLayer;
 pub use max_attempts::MaxAttempts;
 pub use not_retried::{NotRetried, NotRetriedReason};

@@ -62,7 +62,9 @@ type IsTimeout = fn(&(dyn Error + 'static)) -> bool;
 /// and the first attempt never waits for or spends a token.
 ///
 /// The quota is shared by every clone of the service and by every service
-/// one [`RetryLayer`](crate::RetryLayer) makes. Counting a success is one
+/// one [`RetryLayer`](crate::RetryLayer) makes, and by its
+/// [hedges](crate::RetryLayer::hedge_layer) (a hedge costs a retry's
+/// tokens and is never refunded). Counting a success is one
 /// atomic operation on the host's bucket, which the call found when it
 /// started; a retry takes its tokens with a compare-and-swap, no lock.
 ///
