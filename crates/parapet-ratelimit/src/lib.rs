@@ -156,6 +156,7 @@
 //! call or one per authority; a closure carries those of the request whose
 //! response closed the gate.
 
+mod adaptive;
 mod authority;
 mod concurrency;
 mod error;
@@ -170,6 +171,7 @@ mod shared;
 mod throttle;
 mod wait;
 
+pub use adaptive::{AdaptiveRate, AdaptiveRateFuture, AdaptiveRateLayer};
 pub use concurrency::{
     ConcurrencyLimit, ConcurrencyLimitBody, ConcurrencyLimitFuture, ConcurrencyLimitLayer,
 };
