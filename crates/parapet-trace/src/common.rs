@@ -5,7 +5,7 @@ use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use http::{Method, Request};
+use http::Method;
 
 /// Turns an error into the low-cardinality `error.type` of a span.
 ///
@@ -124,7 +124,7 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 /// server's span.
 #[cfg(feature = "opentelemetry")]
 pub(crate) fn inject_traceparent<B>(
-    req: &mut Request<B>,
+    req: &mut http::Request<B>,
     span: &tracing::Span,
     replace_ours: bool,
 ) {
@@ -167,7 +167,7 @@ pub(crate) use client_span;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Uri;
+    use http::{Request, Uri};
     use std::io;
 
     #[test]
