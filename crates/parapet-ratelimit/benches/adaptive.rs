@@ -17,6 +17,8 @@
 //! (S seconds per phase, default 30; `--beta B` and `--scale C` set the
 //! layer's.)
 
+#![allow(clippy::expect_used, clippy::cast_precision_loss)]
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,7 +109,9 @@ async fn run(secs: u64, layer: AdaptiveRateLayer) {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let req = Request::get(url.clone()).body(Empty::new()).expect("request");
+                let req = Request::get(url.clone())
+                    .body(Empty::new())
+                    .expect("request");
                 let Ok(svc) = svc.ready().await else { break };
                 match svc.call(req).await {
                     Ok(res) => drop(res.into_body().collect().await),
@@ -128,7 +132,9 @@ async fn run(secs: u64, layer: AdaptiveRateLayer) {
     let s = usize::try_from(secs).expect("secs");
     println!("adaptive rate, 64 callers, fixed 1 s windows, {secs} s per phase");
     for (phase, quota, range) in [(1, 50u64, 0..s), (2, 200, s..2 * s)] {
-        let series: Vec<(u64, u64)> = range.map(|i| counts.get(i).copied().unwrap_or_default()).collect();
+        let series: Vec<(u64, u64)> = range
+            .map(|i| counts.get(i).copied().unwrap_or_default())
+            .collect();
         report(phase, quota, &series);
     }
     let rate = layer.current_rate(&url);
@@ -137,29 +143,27 @@ async fn run(secs: u64, layer: AdaptiveRateLayer) {
 
 fn report(phase: u32, quota: u64, series: &[(u64, u64)]) {
     let line: Vec<String> = series.iter().map(|(ok, no)| format!("{ok}/{no}")).collect();
-    println!("phase {phase} (quota {quota}/s), let through/refused per second: {}", line.join(" "));
+    println!(
+        "phase {phase} (quota {quota}/s), let through/refused per second: {}",
+        line.join(" ")
+    );
     // Settled: from the first second from which every 5-s average of the
     // let-through rate is at 95 % of the quota or more, and at most 1 % of
     // the requests from then to the end of the phase were answered 429.
     let avg = |i: usize| {
         let w = series.get(i..(i + 5).min(series.len())).unwrap_or_default();
-        #[allow(clippy::cast_precision_loss)]
-        let a = w.iter().map(|(ok, _)| *ok as f64).sum::<f64>() / w.len().max(1) as f64;
-        a
+        w.iter().map(|(ok, _)| *ok as f64).sum::<f64>() / w.len().max(1) as f64
     };
     let refused_share = |i: usize| {
         let w = series.get(i..).unwrap_or_default();
         let ok: u64 = w.iter().map(|(ok, _)| ok).sum();
         let no: u64 = w.iter().map(|(_, no)| no).sum();
-        #[allow(clippy::cast_precision_loss)]
-        let share = no as f64 / (ok + no).max(1) as f64;
-        share
+        no as f64 / (ok + no).max(1) as f64
     };
-    #[allow(clippy::cast_precision_loss)]
     let q = quota as f64;
     let last = series.len().saturating_sub(5);
-    let settled = (0..=last)
-        .find(|&i| refused_share(i) <= 0.01 && (i..=last).all(|j| avg(j) >= 0.95 * q));
+    let settled =
+        (0..=last).find(|&i| refused_share(i) <= 0.01 && (i..=last).all(|j| avg(j) >= 0.95 * q));
     let Some(settled) = settled else {
         println!("  did not settle (95 % of the quota, at most 1 % answered 429)");
         return;
@@ -167,9 +171,7 @@ fn report(phase: u32, quota: u64, series: &[(u64, u64)]) {
     let after = series.get(settled..).unwrap_or_default();
     let ok: u64 = after.iter().map(|(ok, _)| ok).sum();
     let no: u64 = after.iter().map(|(_, no)| no).sum();
-    #[allow(clippy::cast_precision_loss)]
     let used = ok as f64 / (q * after.len() as f64) * 100.0;
-    #[allow(clippy::cast_precision_loss)]
     let refused = no as f64 / (ok + no).max(1) as f64 * 100.0;
     println!(
         "  settled after {settled} s; then {used:.1} % of the quota used, {refused:.2} % answered 429 ({no} of {})",

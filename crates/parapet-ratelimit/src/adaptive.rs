@@ -209,7 +209,10 @@ impl Cubic {
         if !self.active {
             return;
         }
-        let t = now.saturating_duration_since(self.decreased_at).as_secs_f64() - self.k;
+        let t = now
+            .saturating_duration_since(self.decreased_at)
+            .as_secs_f64()
+            - self.k;
         let mut rate = config.scale * t * t * t + self.w_max;
         if self.sent_rate > 0.0 {
             rate = rate.min(2.0 * self.sent_rate.max(self.rate));
@@ -244,7 +247,12 @@ struct Rates {
 }
 
 impl Rates {
-    fn with<T>(self: &Arc<Self>, key: AuthorityRef<'_>, now: Instant, f: impl FnOnce(&mut Cubic) -> T) -> T {
+    fn with<T>(
+        self: &Arc<Self>,
+        key: AuthorityRef<'_>,
+        now: Instant,
+        f: impl FnOnce(&mut Cubic) -> T,
+    ) -> T {
         let mut map = lock(&self.map);
         if let Some(cubic) = map.get_mut(&key as &dyn AuthorityKey) {
             return f(cubic);
@@ -356,8 +364,8 @@ fn is_throttle(status: StatusCode, headers: &HeaderMap) -> bool {
 /// re-send after a 401 is a request the server counts. Below the
 /// [`ThrottleLayer`](crate::ThrottleLayer) (which obeys an explicit
 /// `Retry-After` by closing the gate; this layer only learns from the
-/// answer), and in place of, or above, a fixed [`RateLimitLayer`]
-/// (crate::RateLimitLayer) when the quota is known. It returns every
+/// answer), and in place of, or above, a fixed [`RateLimitLayer`](crate::RateLimitLayer)
+/// when the quota is known. It returns every
 /// response unchanged: a throttled answer still reaches the retry layer,
 /// which decides whether to send it again (through this layer, paced).
 ///
@@ -454,7 +462,13 @@ impl AdaptiveRateLayer {
     /// Values outside `0.1..=0.95` are clamped. Default: 0.85.
     #[must_use]
     pub fn beta(self, beta: f64) -> Self {
-        self.configure(|c| c.beta = if beta.is_nan() { 0.85 } else { beta.clamp(0.1, 0.95) })
+        self.configure(|c| {
+            c.beta = if beta.is_nan() {
+                0.85
+            } else {
+                beta.clamp(0.1, 0.95)
+            }
+        })
     }
 
     /// The cubic's scale `C`, in calls per second per second cubed: larger
@@ -462,7 +476,13 @@ impl AdaptiveRateLayer {
     /// `0.01..=100` are clamped. Default: 0.4.
     #[must_use]
     pub fn scale(self, scale: f64) -> Self {
-        self.configure(|c| c.scale = if scale.is_nan() { 0.4 } else { scale.clamp(0.01, 100.0) })
+        self.configure(|c| {
+            c.scale = if scale.is_nan() {
+                0.4
+            } else {
+                scale.clamp(0.01, 100.0)
+            }
+        })
     }
 
     /// The lowest rate a throttle can cut to, in calls per second (at
@@ -470,7 +490,11 @@ impl AdaptiveRateLayer {
     #[must_use]
     pub fn min_rate(self, per_second: f64) -> Self {
         self.configure(|c| {
-            c.min_rate = if per_second.is_nan() { 0.5 } else { per_second.max(0.01) };
+            c.min_rate = if per_second.is_nan() {
+                0.5
+            } else {
+                per_second.max(0.01)
+            };
             c.max_rate = c.max_rate.map(|m| m.max(c.min_rate));
         })
     }
@@ -601,9 +625,7 @@ where
         let key = Target::of(&req);
         let now = parapet_core::clock::now();
         let latest = self.rates.config.wait.latest(now, req.extensions());
-        let admission = self
-            .rates
-            .with(key.key(), now, |c| c.admit(now, latest));
+        let admission = self.rates.with(key.key(), now, |c| c.admit(now, latest));
         match admission {
             Admission::Go(epoch) => AdaptiveRateFuture {
                 state: State::Called {
@@ -887,7 +909,11 @@ mod tests {
         let (ok, refused) = server.totals(10, 40);
         // After settling: most of the quota used, almost nothing refused.
         assert!(ok >= 30 * 50 * 90 / 100, "{ok} let through over 30 s");
-        assert!(refused * 100 <= ok + refused, "{refused} refused of {}", ok + refused);
+        assert!(
+            refused * 100 <= ok + refused,
+            "{refused} refused of {}",
+            ok + refused
+        );
         let rate = layer
             .current_rate(&"http://api.example/".parse().unwrap())
             .unwrap();
@@ -899,7 +925,10 @@ mod tests {
         let server = Quotaed::new(50);
         run(AdaptiveRateLayer::new(), &server, 64, 60, Some(200)).await;
         let (ok, _) = server.totals(45, 60);
-        assert!(ok >= 15 * 200 * 85 / 100, "{ok} let through over 15 s at 200/s");
+        assert!(
+            ok >= 15 * 200 * 85 / 100,
+            "{ok} let through over 15 s at 200/s"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -918,21 +947,44 @@ mod tests {
         let get = |host: &str| Request::get(format!("http://{host}/")).body(()).unwrap();
         let start = Instant::now();
         for _ in 0..6 {
-            svc.ready().await.unwrap().call(get("busy.example")).await.unwrap();
+            svc.ready()
+                .await
+                .unwrap()
+                .call(get("busy.example"))
+                .await
+                .unwrap();
         }
-        assert_eq!(start.elapsed(), Duration::ZERO, "not paced before a throttle");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "not paced before a throttle"
+        );
         let busy = "http://busy.example/".parse().unwrap();
         let rate = layer.current_rate(&busy).unwrap();
         assert!(rate >= 0.5);
         // Another authority is not paced.
         for _ in 0..20 {
-            svc.ready().await.unwrap().call(get("calm.example")).await.unwrap();
+            svc.ready()
+                .await
+                .unwrap()
+                .call(get("calm.example"))
+                .await
+                .unwrap();
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
-        assert!(layer.current_rate(&"http://calm.example/".parse().unwrap()).is_none());
+        assert!(
+            layer
+                .current_rate(&"http://calm.example/".parse().unwrap())
+                .is_none()
+        );
         // The throttled one is.
         for _ in 0..3 {
-            svc.ready().await.unwrap().call(get("BUSY.example:80")).await.unwrap();
+            svc.ready()
+                .await
+                .unwrap()
+                .call(get("BUSY.example:80"))
+                .await
+                .unwrap();
         }
         assert!(start.elapsed() > Duration::ZERO);
         assert_eq!(layer.tracked_keys(), 2);
@@ -940,10 +992,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_503_counts_only_with_retry_after() {
-        assert!(is_throttle(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()));
-        assert!(!is_throttle(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()));
+        assert!(is_throttle(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new()
+        ));
+        assert!(!is_throttle(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &HeaderMap::new()
+        ));
         let mut h = HeaderMap::new();
-        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
         assert!(is_throttle(StatusCode::SERVICE_UNAVAILABLE, &h));
         assert!(!is_throttle(StatusCode::INTERNAL_SERVER_ERROR, &h));
     }
@@ -953,8 +1014,15 @@ mod tests {
         let server = Quotaed::new(200);
         run(AdaptiveRateLayer::new(), &server, 64, 60, Some(50)).await;
         let (ok, refused) = server.totals(35, 60);
-        assert!(ok >= 25 * 50 * 90 / 100, "{ok} let through over 25 s at 50/s");
-        assert!(refused * 100 <= ok + refused, "{refused} refused of {}", ok + refused);
+        assert!(
+            ok >= 25 * 50 * 90 / 100,
+            "{ok} let through over 25 s at 50/s"
+        );
+        assert!(
+            refused * 100 <= ok + refused,
+            "{refused} refused of {}",
+            ok + refused
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1036,7 +1104,7 @@ mod tests {
         let mut svc = throttle_first(AdaptiveRateLayer::new());
         svc.ready().await.unwrap().call(get()).await.unwrap();
         let mut req = get();
-        Deadline::at(Instant::now() + Duration::from_millis(1)).apply(&mut req.extensions_mut());
+        Deadline::at(Instant::now() + Duration::from_millis(1)).apply(req.extensions_mut());
         let start = Instant::now();
         let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
         assert!(err.is::<RateLimited>());
@@ -1053,7 +1121,9 @@ mod tests {
             Ok::<_, BoxError>(Response::new(()))
         }));
         for i in 0..10 {
-            let req = Request::get(format!("http://h{i}.example/")).body(()).unwrap();
+            let req = Request::get(format!("http://h{i}.example/"))
+                .body(())
+                .unwrap();
             svc.ready().await.unwrap().call(req).await.unwrap();
         }
         assert_eq!(layer.tracked_keys(), 3);

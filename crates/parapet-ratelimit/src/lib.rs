@@ -1,7 +1,7 @@
 //! Stay under the limits of the APIs you call: a client-side token bucket,
 //! a gate that obeys what servers say, and a cap on calls in flight.
 //!
-//! Three independent `tower` layers over `http::Request` / `http::Response`:
+//! Four independent `tower` layers over `http::Request` / `http::Response`:
 //!
 //! - [`RateLimitLayer`]: a client-side [`Quota`] ("n per period" plus a
 //!   burst; a GCRA on tokio's clock that keeps the rate even though tokio's
@@ -14,8 +14,12 @@
 //!   of a server's window over it.
 //! - [`ConcurrencyLimitLayer`]: at most N calls in flight, overall or per
 //!   authority, each holding its slot until its response body has ended.
+//! - [`AdaptiveRateLayer`]: for servers that publish no quota, a rate per
+//!   authority learned from their throttling answers (429, 503 with
+//!   `Retry-After`): a CUBIC-style controller as in the AWS SDKs' adaptive
+//!   mode. Below the throttle and above a fixed rate limit; see its docs.
 //!
-//! All three share their state behind an `Arc` among every service the
+//! All of them share their state behind an `Arc` among every service the
 //! layer makes and all their clones. `poll_ready` only forwards to the inner
 //! service; every wait happens inside the response future, so an idle clone
 //! holds nothing, and dropping a future gives back whatever it held.
