@@ -250,6 +250,102 @@ impl ClientBuilder {
         self
     }
 
+    /// A rate per host learned from the server's throttling answers (429,
+    /// 503 with `Retry-After`), for APIs that do not publish their quota:
+    /// a CUBIC-style rate as in the AWS SDKs' adaptive retry mode; see
+    /// [`AdaptiveRateLayer`](parapet_ratelimit::AdaptiveRateLayer).
+    /// It sits below the throttle and above the fixed rate limit, so every
+    /// attempt and re-send is paced. Default: none.
+    ///
+    /// ```
+    /// use parapet::ratelimit::AdaptiveRateLayer;
+    ///
+    /// let client = parapet::Client::builder()
+    ///     .adaptive_rate(AdaptiveRateLayer::new())
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// ```
+    pub fn adaptive_rate(
+        mut self,
+        layer: impl Into<Option<parapet_ratelimit::AdaptiveRateLayer>>,
+    ) -> Self {
+        self.layers.adaptive_rate = layer.into();
+        self
+    }
+
+    /// A circuit breaker per host: after the failures the policy counts
+    /// (consecutive, or a failure rate), or at once when a 429 or 503
+    /// carries `Retry-After`, calls to that host fail fast with
+    /// [`Error::is_circuit_open`](crate::Error::is_circuit_open) until the
+    /// circuit reopens, when a single probe goes through. It sits below
+    /// retry (each attempt counts; a refusal is never retried) and above
+    /// auth and the limiters; see [`parapet::circuit`](crate::circuit).
+    /// The policy is checked by [`build`](Self::build). Default: none.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use parapet::circuit::CircuitPolicy;
+    ///
+    /// let client = parapet::Client::builder()
+    ///     .circuit_breaker(CircuitPolicy::consecutive_failures(NonZeroU32::new(5).unwrap()))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// ```
+    pub fn circuit_breaker(
+        mut self,
+        policy: impl Into<Option<parapet_circuit::CircuitPolicy>>,
+    ) -> Self {
+        self.layers.circuit = policy.into();
+        self
+    }
+
+    /// Hedged reads: when an idempotent read (GET, HEAD, OPTIONS) has no
+    /// answer after the policy's delay (fixed, or a percentile of the
+    /// host's recent latency), a second copy is sent and the first answer
+    /// wins; the other is dropped. Each hedge is taken from the retry
+    /// budget (or quota), so hedging cannot add more load than retries
+    /// may; with [`retry_off`](Self::retry_off) only the policy bounds it.
+    /// It sits right below retry; see
+    /// [`HedgeLayer`](parapet_retry::HedgeLayer). Default: none.
+    ///
+    /// ```
+    /// use parapet::retry::HedgePolicy;
+    ///
+    /// let client = parapet::Client::builder()
+    ///     .hedge(HedgePolicy::percentile(90.0))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// ```
+    pub fn hedge(mut self, policy: impl Into<Option<parapet_retry::HedgePolicy>>) -> Self {
+        self.layers.hedge = policy.into();
+        self
+    }
+
+    /// The AWS SDKs' retry quota in place of the default retry budget: a
+    /// token bucket per host that retries spend (5 tokens, 10 after a
+    /// timeout) and successes refill; see
+    /// [`RetryQuota`](parapet_retry::RetryQuota). Applies to the default
+    /// retry policy (a policy given to [`retry`](Self::retry) carries its
+    /// own budget or quota); attempt and body timeouts count as timeouts.
+    /// Default: none (the 20 % retry budget).
+    ///
+    /// ```
+    /// use parapet::retry::RetryQuota;
+    ///
+    /// let client = parapet::Client::builder()
+    ///     .retry_quota(RetryQuota::aws_standard())
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(client);
+    /// ```
+    pub fn retry_quota(mut self, quota: impl Into<Option<parapet_retry::RetryQuota>>) -> Self {
+        self.layers.retry_quota = quota.into();
+        self
+    }
+
     /// A limit on calls in flight (overall or per host), each holding its
     /// slot until its response body ends. Default: none.
     pub fn concurrency_limit(

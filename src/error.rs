@@ -163,6 +163,8 @@ pub(crate) enum Kind {
     Auth,
     /// A redirect was refused (too many, a loop, https to http).
     Redirect,
+    /// The circuit breaker refused the request: the host's circuit is open.
+    CircuitOpen,
     /// Reading the response body failed.
     Body,
     /// The response body did not decode.
@@ -387,12 +389,30 @@ impl Error {
         self.inner.kind == Kind::Decode
     }
 
+    /// Whether the circuit breaker
+    /// ([`ClientBuilder::circuit_breaker`](crate::ClientBuilder::circuit_breaker))
+    /// refused the request because the host's circuit is open (or a probe
+    /// is on its way): nothing was sent.
+    /// [`retry_after`](Self::retry_after) says when the circuit lets a probe
+    /// through (zero while a probe is in flight); the
+    /// [`CircuitOpen`](crate::circuit::CircuitOpen) in the
+    /// [`source`](std::error::Error::source) chain says more.
+    #[must_use]
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.kind == Kind::CircuitOpen
+    }
+
     /// Whether trying the same call again later may succeed: connect
-    /// failures, timeouts, local limits, and 408, 429, 500, 502, 503 and 504.
+    /// failures, timeouts, local limits, an open circuit, and 408, 429,
+    /// 500, 502, 503 and 504.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self.inner.kind {
-            Kind::Connect | Kind::Timeout | Kind::RateLimited | Kind::Transport => true,
+            Kind::Connect
+            | Kind::Timeout
+            | Kind::RateLimited
+            | Kind::Transport
+            | Kind::CircuitOpen => true,
             Kind::Status => self
                 .inner
                 .status
@@ -490,6 +510,7 @@ impl fmt::Display for Error {
             },
             Kind::Auth => f.write_str("could not obtain credentials")?,
             Kind::Redirect => f.write_str("redirect refused")?,
+            Kind::CircuitOpen => f.write_str("circuit open for this host: not sent")?,
             Kind::Body => f.write_str("reading the response body failed")?,
             Kind::Decode => f.write_str("response body did not decode")?,
             Kind::Transport => f.write_str("transport error")?,

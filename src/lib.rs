@@ -130,6 +130,8 @@ pub use parapet_auth as auth;
 #[doc(inline)]
 pub use parapet_cache as cache;
 #[doc(inline)]
+pub use parapet_circuit as circuit;
+#[doc(inline)]
 pub use parapet_core as core;
 #[cfg(feature = "metrics")]
 #[doc(inline)]

@@ -98,6 +98,8 @@ mod tests {
         assert!(is_fail_fast(&wrapped));
         let boxed: Box<dyn Error + Send + Sync> = Box::new(wrapped);
         assert!(is_fail_fast(boxed.as_ref()));
-        assert!(!is_fail_fast(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(!is_fail_fast(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        )));
     }
 }
