@@ -18,7 +18,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parapet_core::BoxError;
 use parapet_ratelimit::{
-    ConcurrencyLimitLayer, ConcurrencyLimited, Quota, RateLimitLayer, ThrottleLayer,
+    AdaptiveRateLayer, ConcurrencyLimitLayer, ConcurrencyLimited, Quota, RateLimitLayer,
+    ThrottleLayer,
 };
 use parapet_testkit::{Reply, Server};
 use tokio::time::Instant;
@@ -228,4 +229,58 @@ async fn a_per_authority_limit_does_not_block_another_authority() {
     // Its slot is free again.
     assert_eq!(fetch(rejecting, &slow.url("/slow")).await.unwrap(), 200);
     assert_eq!(slow.hits("/slow"), 2);
+}
+
+/// The adaptive rate under the testkit's faults: resets and 500s are not
+/// throttles (nothing is paced), a 503 without `Retry-After` is not one
+/// either, and the first 429 paces that authority only, as the server sees.
+#[tokio::test]
+async fn the_adaptive_rate_learns_only_from_throttles_and_per_authority() {
+    let server = Server::start().await;
+    let other = Server::start().await;
+    server.on("/reset").reply(Reply::reset());
+    server.on("/500").reply(Reply::status(500));
+    server.on("/503").reply(Reply::status(503));
+    server
+        .on("/api")
+        .replies([Reply::ok(), Reply::ok(), Reply::status(429), Reply::ok()]);
+    other.on("/api").reply(Reply::ok());
+    let layer = AdaptiveRateLayer::new();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .map_err(boxed)
+        .service(client());
+
+    // Faults that are not throttles: errors pass through, nothing is paced.
+    let err = svc.clone().oneshot(get(&server.url("/reset"))).await;
+    assert!(err.is_err(), "a reset is an error");
+    assert_eq!(fetch(svc.clone(), &server.url("/500")).await.unwrap(), 500);
+    assert_eq!(fetch(svc.clone(), &server.url("/503")).await.unwrap(), 503);
+    let url: http::Uri = server.url("/api").parse().unwrap();
+    assert_eq!(layer.current_rate(&url), None);
+
+    for _ in 0..3 {
+        fetch(svc.clone(), &server.url("/api")).await.unwrap();
+    }
+    // The 429 paced this authority, at 0.85 × the 4 answers not throttled
+    // in the last second (the 500, the 503 and two 200s): 3.4/s.
+    let rate = layer.current_rate(&url).unwrap();
+    assert!((3.0..=4.0).contains(&rate), "{rate}");
+    let start = Instant::now();
+    for _ in 0..2 {
+        assert_eq!(fetch(svc.clone(), &server.url("/api")).await.unwrap(), 200);
+    }
+    let arrivals = server.arrivals_for("/api");
+    let gap = arrivals[4].at - arrivals[3].at;
+    assert!(
+        gap >= Duration::from_millis(200),
+        "{gap:?} between paced requests"
+    );
+    // Another authority is not paced.
+    let other_start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(fetch(svc.clone(), &other.url("/api")).await.unwrap(), 200);
+    }
+    assert!(other_start.elapsed() < Duration::from_millis(400));
+    assert!(start.elapsed() >= Duration::from_millis(400));
 }
