@@ -348,6 +348,47 @@ pub fn cases() -> Vec<Case> {
             black_box(poll_once(resp.bytes(), "bytes").expect("bytes"));
         }),
     });
+    // The stack shape a client takes with a layer that is off by default
+    // set (issue 21), or with a default layer turned off: split by one
+    // boxed service below retry.
+    let shaped: [(&'static str, &'static str, parapet::ClientBuilder); 4] = [
+        (
+            "facade_send_retry_off",
+            "facade_send with ClientBuilder::retry_off() (the split shape, no new layer)",
+            parapet::Client::builder().retry_off(),
+        ),
+        (
+            "facade_send_circuit",
+            "facade_send with a circuit breaker (5 consecutive failures)",
+            parapet::Client::builder()
+                .circuit_breaker(parapet::circuit::CircuitPolicy::default()),
+        ),
+        (
+            "facade_send_adaptive",
+            "facade_send with the adaptive rate (not yet throttled: unpaced)",
+            parapet::Client::builder()
+                .adaptive_rate(parapet::ratelimit::AdaptiveRateLayer::new()),
+        ),
+        (
+            "facade_send_hedge",
+            "facade_send with hedging after 100 ms (answered before: no hedge sent)",
+            parapet::Client::builder().hedge(parapet::retry::HedgePolicy::fixed(
+                std::time::Duration::from_millis(100),
+            )),
+        ),
+    ];
+    for (name, what, builder) in shaped {
+        let client = builder.build_with(Ready).expect("the configuration builds");
+        v.push(Case {
+            future_bytes: 0,
+            name,
+            what,
+            run: Box::new(move || {
+                let resp = poll_once(client.get(URL).send(), "send").expect("send");
+                black_box(poll_once(resp.bytes(), "bytes").expect("bytes"));
+            }),
+        });
+    }
     #[cfg(feature = "metrics")]
     {
         let client = parapet::Client::builder()
