@@ -329,8 +329,13 @@ impl ClientBuilder {
     /// timeout) and successes refill; see
     /// [`RetryQuota`](parapet_retry::RetryQuota). Applies to the default
     /// retry policy (a policy given to [`retry`](Self::retry) carries its
-    /// own budget or quota); attempt and body timeouts count as timeouts.
-    /// Default: none (the 20 % retry budget).
+    /// own budget or quota). What counts as a timeout (at the higher cost)
+    /// is the facade's: an attempt or body timeout, an `io::Error` of kind
+    /// `TimedOut` or tokio's `Elapsed` in the error's chain; a
+    /// [`timeout_when`](parapet_retry::RetryQuota::timeout_when) set on
+    /// `quota` is replaced (give a policy of your own to
+    /// [`retry`](Self::retry) to keep it). Default: none (the 20 % retry
+    /// budget).
     ///
     /// ```
     /// use parapet::retry::RetryQuota;
