@@ -124,7 +124,14 @@ fn next_request(
             }
         };
         if !allowed {
-            tracing::debug!(%method, host, "not hedging: retry budget exhausted");
+            match limits {
+                Limits::Budget(_) => {
+                    tracing::debug!(%method, host, "not hedging: retry budget exhausted");
+                }
+                Limits::Quota(_) => {
+                    tracing::debug!(%method, host, "not hedging: retry quota exhausted");
+                }
+            }
             return None;
         }
     }

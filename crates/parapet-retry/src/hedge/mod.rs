@@ -117,8 +117,8 @@
 //! # Trace events
 //!
 //! All at `DEBUG`, with `method` and `host`: `sending a hedge` (`hedge`,
-//! its number; `delay_ms`), `not hedging: retry budget exhausted` (the
-//! budget or quota refused it), `not hedging: the request body cannot be
+//! its number; `delay_ms`), `not hedging: retry budget exhausted` or
+//! `not hedging: retry quota exhausted`, `not hedging: the request body cannot be
 //! replayed` (`error`), `not hedging: the service is not ready` (`error`).
 
 mod future;
