@@ -11,10 +11,10 @@ use http::Response;
 use parapet_core::BoxError;
 use pin_project_lite::pin_project;
 
-use crate::authority::Target;
 use crate::error::CircuitOpen;
 use crate::policy::Outcome;
 use crate::state::{Report, Shared};
+use parapet_core::authority::Target;
 
 pin_project! {
     /// The response future of [`CircuitBreaker`](crate::CircuitBreaker):

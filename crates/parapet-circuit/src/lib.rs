@@ -133,7 +133,6 @@
 //! A circuit that opens logs a `WARN` event (authority, reason, how long),
 //! one that closes an `INFO` event; neither carries headers or userinfo.
 
-mod authority;
 mod error;
 mod future;
 mod layer;

@@ -8,11 +8,11 @@ use parapet_core::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::authority::Target;
 use crate::future::ResponseFuture;
 use crate::layer::CircuitBreakerLayer;
 use crate::policy::{CircuitPolicy, InvalidCircuitPolicy};
 use crate::state::Shared;
+use parapet_core::authority::Target;
 
 /// Fails calls fast while their authority's circuit is open; made by
 /// [`CircuitBreakerLayer`]. See the [crate docs](crate) for the rules.

@@ -10,9 +10,9 @@ use http::{HeaderMap, StatusCode};
 use parapet_core::{HostHashBuilder, RoundedDuration};
 use tokio::time::Instant;
 
-use crate::authority::{Key, KeyRef, Lookup, Target};
 use crate::error::{CircuitOpen, OpenedBy};
 use crate::policy::{CircuitPolicy, Mode, Verdict, WINDOW_SLICES};
+use parapet_core::authority::{Authority, AuthorityKey, AuthorityRef, Target};
 
 /// Where one authority's circuit stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ struct Circuit {
 /// The table behind the lock.
 #[derive(Debug, Default)]
 struct Table {
-    map: HashMap<Key, Circuit, HostHashBuilder>,
+    map: HashMap<Authority, Circuit, HostHashBuilder>,
     /// How many circuits are not closed.
     not_closed: usize,
     /// Bumped on every use of an entry.
@@ -180,12 +180,12 @@ impl Shared {
         self.admit_slow(target.key())
     }
 
-    fn admit_slow(&self, key: KeyRef<'_>) -> Result<Option<u64>, CircuitOpen> {
+    fn admit_slow(&self, key: AuthorityRef<'_>) -> Result<Option<u64>, CircuitOpen> {
         let now = parapet_core::clock::now();
         let mut guard = lock(&self.table);
         let table = &mut *guard;
         table.tick += 1;
-        let Some(circuit) = table.map.get_mut(&key as &dyn Lookup) else {
+        let Some(circuit) = table.map.get_mut(&key as &dyn AuthorityKey) else {
             return Ok(None);
         };
         circuit.used = table.tick;
@@ -260,14 +260,14 @@ impl Shared {
     fn update(
         &self,
         table: &mut Table,
-        key: KeyRef<'_>,
+        key: AuthorityRef<'_>,
         ticket: Option<u64>,
         report: Report,
         now: Instant,
     ) -> Option<Event> {
         table.tick += 1;
         let tick = table.tick;
-        let lookup = &key as &dyn Lookup;
+        let lookup = &key as &dyn AuthorityKey;
         let verdict = match report {
             Report::Hint(wait) => return self.open_on_hint(table, key, wait, now),
             Report::Verdict(v) => v,
@@ -334,13 +334,13 @@ impl Shared {
     fn open_on_hint(
         &self,
         table: &mut Table,
-        key: KeyRef<'_>,
+        key: AuthorityRef<'_>,
         wait: Duration,
         now: Instant,
     ) -> Option<Event> {
         let tick = table.tick;
         let until = later(now, wait);
-        let lookup = &key as &dyn Lookup;
+        let lookup = &key as &dyn AuthorityKey;
         if !table.map.contains_key(lookup) {
             let counts = match self.policy.mode {
                 Mode::Consecutive(_) => Counts::Consecutive(0),
@@ -434,9 +434,9 @@ impl Shared {
     /// Adds an entry for `key`, first forgetting one if the table is full.
     fn insert<'t>(
         &self,
-        map: &'t mut HashMap<Key, Circuit, HostHashBuilder>,
+        map: &'t mut HashMap<Authority, Circuit, HostHashBuilder>,
         not_closed: &mut usize,
-        key: KeyRef<'_>,
+        key: AuthorityRef<'_>,
         counts: Counts,
         tick: u64,
     ) -> &'t mut Circuit {
@@ -455,7 +455,7 @@ impl Shared {
                 }
             }
         }
-        let key = key.to_key();
+        let key = key.to_authority();
         let label = key.label();
         map.entry(key).or_insert(Circuit {
             label,

@@ -45,6 +45,7 @@
 //! assert_eq!(limit.and_then(|l| l.wait()), Some(Duration::from_secs(7)));
 //! ```
 
+pub mod authority;
 pub mod clock;
 mod extensions;
 mod fail_fast;

@@ -269,7 +269,7 @@ impl Rates {
         }
         let mut cubic = Cubic::new(now);
         let out = f(&mut cubic);
-        map.insert(key.to_owned(), cubic);
+        map.insert(key.to_authority(), cubic);
         drop(map);
         Janitor::ensure(self);
         out

@@ -45,7 +45,7 @@ impl PerAuthority {
             return Arc::clone(sem);
         }
         let sem = Arc::new(Semaphore::new(limit));
-        map.insert(key.to_owned(), Arc::clone(&sem));
+        map.insert(key.to_authority(), Arc::clone(&sem));
         drop(map);
         Janitor::ensure(self);
         sem

@@ -263,7 +263,7 @@ impl Buckets {
                     let arrival = self
                         .gcra
                         .arrive(&mut entry.state, &mut entry.queue, t, || 0);
-                    map.insert(key.parts().to_owned(), entry);
+                    map.insert(key.parts().to_authority(), entry);
                     drop(map);
                     Janitor::ensure(self);
                     arrival
@@ -642,7 +642,7 @@ where
             key: self
                 .buckets
                 .is_keyed()
-                .then(|| AuthorityRef::of(&req).to_owned()),
+                .then(|| AuthorityRef::of(&req).to_authority()),
             id,
             queued: true,
         };

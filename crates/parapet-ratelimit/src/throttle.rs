@@ -132,7 +132,7 @@ impl Gates {
             if gate.expired(now) {
                 return;
             }
-            map.insert(key.to_owned(), gate);
+            map.insert(key.to_authority(), gate);
             self.active.store(map.len(), Ordering::Release);
             drop(map);
             Janitor::ensure(self);
