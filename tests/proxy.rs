@@ -203,6 +203,14 @@ where
         });
         let mut parts = line.split(' ');
         let (method, target) = (parts.next().unwrap(), parts.next().unwrap().to_owned());
+        // The test proxy forwards only to loopback: a test never reaches out.
+        let to = target.strip_prefix("http://").unwrap_or(&target);
+        assert!(
+            to.starts_with("127.0.0.1:")
+                || to.starts_with("localhost:")
+                || to.starts_with("[::1]:"),
+            "the test proxy was asked for {target}, beyond loopback"
+        );
         if method == "CONNECT" {
             if let Mode::RefuseConnect(status) = mode {
                 let answer = format!("HTTP/1.1 {status} Refused\r\ncontent-length: 0\r\n\r\n");
